@@ -1,0 +1,185 @@
+"""Per-channel feature statistics: the normalisation the student is trained in.
+
+Stored as ``feature_stats/<teacher>.safetensors`` with tensors ``patch_mean``, ``patch_std``
+(and ``cls_mean``, ``cls_std`` when the teacher has a CLS) plus the sample count in metadata.
+Accumulation is streaming and mergeable (Chan et al.'s parallel variance), so ranks can each
+accumulate their shards and merge exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from distill.io import atomic_path
+from distill.teachers.base import TeacherOutput, TeacherSpec
+
+STD_FLOOR = 1e-6  # a constant channel is normalised by this instead of dividing by zero
+
+
+@dataclass
+class FeatureStats:
+    """Mean and standard deviation per channel, for patch tokens and (separately) CLS."""
+
+    teacher: str
+    patch_mean: torch.Tensor  # [C]
+    patch_std: torch.Tensor  # [C]
+    cls_mean: torch.Tensor | None  # [C_cls]
+    cls_std: torch.Tensor | None
+    count: int  # samples the statistics were computed over
+
+    def check_matches(self, spec: TeacherSpec, source: str = "stats") -> None:
+        """Fail with the file and the fix when these stats were computed for another teacher shape."""
+        if self.patch_mean.shape != (spec.channels,):
+            raise ValueError(
+                f"{source}: patch stats have {tuple(self.patch_mean.shape)} channels but teacher "
+                f"{spec.name!r} has {spec.channels}; recompute them with calc_feature_stats.py"
+            )
+        cls_shape = None if self.cls_mean is None else tuple(self.cls_mean.shape)
+        expected = None if spec.cls_channels is None else (spec.cls_channels,)
+        if cls_shape != expected:
+            raise ValueError(
+                f"{source}: cls stats shape {cls_shape} does not match teacher {spec.name!r} ({expected}); "
+                "recompute them with calc_feature_stats.py"
+            )
+
+    def normalize(self, out: TeacherOutput) -> TeacherOutput:
+        patch = (out.patch - self.patch_mean.to(out.patch)) / self.patch_std.to(out.patch)
+        cls = None
+        if out.cls is not None:
+            assert self.cls_mean is not None and self.cls_std is not None
+            cls = (out.cls - self.cls_mean.to(out.cls)) / self.cls_std.to(out.cls)
+        return TeacherOutput(patch, cls)
+
+    def denormalize(self, out: TeacherOutput) -> TeacherOutput:
+        patch = out.patch * self.patch_std.to(out.patch) + self.patch_mean.to(out.patch)
+        cls = None
+        if out.cls is not None:
+            assert self.cls_mean is not None and self.cls_std is not None
+            cls = out.cls * self.cls_std.to(out.cls) + self.cls_mean.to(out.cls)
+        return TeacherOutput(patch, cls)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        named = {"patch_mean": self.patch_mean, "patch_std": self.patch_std}
+        if self.cls_mean is not None and self.cls_std is not None:
+            named |= {"cls_mean": self.cls_mean, "cls_std": self.cls_std}
+        return {k: v.float().contiguous() for k, v in named.items()}
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            save_file(self.tensors(), str(tmp), metadata={"teacher": self.teacher, "count": str(self.count)})
+
+    @classmethod
+    def from_tensors(cls, teacher: str, tensors: dict[str, torch.Tensor], count: int) -> FeatureStats:
+        return cls(
+            teacher=teacher,
+            patch_mean=tensors["patch_mean"],
+            patch_std=tensors["patch_std"],
+            cls_mean=tensors.get("cls_mean"),
+            cls_std=tensors.get("cls_std"),
+            count=count,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureStats:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no feature stats at {path}; compute them with scripts/preprocessing/calc_feature_stats.py")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if "teacher" not in metadata or "count" not in metadata:
+            raise ValueError(f"{path} is not a distill stats file (metadata lacks 'teacher'/'count')")
+        return cls.from_tensors(metadata["teacher"], load_file(str(path)), int(metadata["count"]))
+
+
+@dataclass
+class _Moments:
+    count: int = 0
+    mean: torch.Tensor | None = None  # float64 [C]
+    m2: torch.Tensor | None = None  # float64 [C], sum of squared deviations
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Merge a block of rows [N, C] (Chan et al. parallel update, in float64)."""
+        rows = rows.detach().to(torch.float64).reshape(-1, rows.shape[-1])
+        n = rows.shape[0]
+        if n == 0:
+            return
+        block_mean = rows.mean(0)
+        block_m2 = ((rows - block_mean) ** 2).sum(0)
+        self.merge(_Moments(n, block_mean, block_m2))
+
+    def merge(self, other: _Moments) -> None:
+        if other.count == 0:
+            return
+        if self.count == 0 or self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = other.count, other.mean, other.m2
+            return
+        assert other.mean is not None and other.m2 is not None
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.count / total)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        self.count = total
+
+    def std(self) -> torch.Tensor:
+        assert self.m2 is not None
+        return (self.m2 / max(self.count, 1)).sqrt().clamp_min(STD_FLOOR)
+
+
+@dataclass
+class StatsAccumulator:
+    """Streaming per-channel moments of one teacher's features; mergeable across ranks."""
+
+    teacher: str
+    samples: int = 0
+    patch: _Moments = field(default_factory=_Moments)
+    cls: _Moments = field(default_factory=_Moments)
+
+    def add(self, out: TeacherOutput) -> None:
+        self.samples += out.patch.shape[0]
+        self.patch.add(out.patch)
+        if out.cls is not None:
+            self.cls.add(out.cls)
+
+    def merge(self, other: StatsAccumulator) -> None:
+        self.samples += other.samples
+        self.patch.merge(other.patch)
+        self.cls.merge(other.cls)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Flat float64 tensors for an all-reduce-free gather (see data.stats users)."""
+        out: dict[str, torch.Tensor] = {"samples": torch.tensor([float(self.samples)], dtype=torch.float64)}
+        for prefix, moments in (("patch", self.patch), ("cls", self.cls)):
+            if moments.count:
+                assert moments.mean is not None and moments.m2 is not None
+                out[f"{prefix}_count"] = torch.tensor([float(moments.count)], dtype=torch.float64)
+                out[f"{prefix}_mean"], out[f"{prefix}_m2"] = moments.mean, moments.m2
+        return out
+
+    @classmethod
+    def from_state(cls, teacher: str, state: dict[str, torch.Tensor]) -> StatsAccumulator:
+        acc = cls(teacher, samples=int(state["samples"].item()))
+        for prefix in ("patch", "cls"):
+            if f"{prefix}_count" in state:
+                moments = _Moments(int(state[f"{prefix}_count"].item()), state[f"{prefix}_mean"], state[f"{prefix}_m2"])
+                setattr(acc, prefix, moments)
+        return acc
+
+    def finish(self) -> FeatureStats:
+        if self.patch.count == 0:
+            raise ValueError(f"no features were accumulated for teacher {self.teacher!r}")
+        assert self.patch.mean is not None
+        has_cls = self.cls.count > 0 and self.cls.mean is not None
+        return FeatureStats(
+            teacher=self.teacher,
+            patch_mean=self.patch.mean.float(),
+            patch_std=self.patch.std().float(),
+            cls_mean=self.cls.mean.float() if has_cls and self.cls.mean is not None else None,
+            cls_std=self.cls.std().float() if has_cls else None,
+            count=self.samples,
+        )
