@@ -1,0 +1,1 @@
+"""Teacher family: clip (being written)."""

@@ -1,0 +1,1 @@
+"""Teacher family: depth_anything (being written)."""

@@ -1,0 +1,1 @@
+"""Teacher family: dinov2 (being written)."""

@@ -1,0 +1,1 @@
+"""Teacher family: mae (being written)."""

@@ -1,0 +1,1 @@
+"""Teacher family: sam (being written)."""
