@@ -72,12 +72,16 @@ def write_image_folder(
     return paths
 
 
-def video_frames(frames: int = 16, size: tuple[int, int] = (96, 96), seed: int = 0, speed: float = 2.0) -> list[Image.Image]:
+def video_frames(
+    frames: int = 16, size: tuple[int, int] = (96, 96), seed: int = 0, speed: float = 2.0
+) -> list[Image.Image]:
     """A short clip: one scene whose shapes drift by ``speed`` pixels per frame."""
     return [render_scene(seed, size, shift=(speed * i, 0.5 * speed * i)) for i in range(frames)]
 
 
-def write_video(path: str | Path, frames: int = 16, size: tuple[int, int] = (96, 96), fps: int = 8, seed: int = 0) -> Path:
+def write_video(
+    path: str | Path, frames: int = 16, size: tuple[int, int] = (96, 96), fps: int = 8, seed: int = 0
+) -> Path:
     """Encode :func:`video_frames` as an H.264 MP4 with PyAV (yuv420p, so sizes must be even)."""
     import av
 

@@ -89,7 +89,9 @@ class FeatureStats:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no feature stats at {path}; compute them with scripts/preprocessing/calc_feature_stats.py")
+            raise FileNotFoundError(
+                f"no feature stats at {path}; compute them with scripts/preprocessing/calc_feature_stats.py"
+            )
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         if "teacher" not in metadata or "count" not in metadata:
@@ -166,7 +168,9 @@ class StatsAccumulator:
         acc = cls(teacher, samples=int(state["samples"].item()))
         for prefix in ("patch", "cls"):
             if f"{prefix}_count" in state:
-                moments = _Moments(int(state[f"{prefix}_count"].item()), state[f"{prefix}_mean"], state[f"{prefix}_m2"])
+                moments = _Moments(
+                    int(state[f"{prefix}_count"].item()), state[f"{prefix}_mean"], state[f"{prefix}_m2"]
+                )
                 setattr(acc, prefix, moments)
         return acc
 

@@ -80,7 +80,9 @@ class Teacher(nn.Module, ABC):
         return next(self.parameters()).device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        return resize_and_normalize(images.to(self.device), self.spec.input_size, self.spec.mean, self.spec.std)
+        return resize_and_normalize(
+            images.to(self.device), self.spec.input_size, self.spec.mean, self.spec.std
+        )
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
@@ -92,6 +94,8 @@ class Teacher(nn.Module, ABC):
     def _check_output(self, out: TeacherOutput, batch: int) -> None:
         expected = (batch, *self.spec.grid, self.spec.channels)
         if tuple(out.patch.shape) != expected:
-            raise RuntimeError(f"teacher {self.spec.name!r} produced patch {tuple(out.patch.shape)}, spec says {expected}")
+            raise RuntimeError(
+                f"teacher {self.spec.name!r} produced patch {tuple(out.patch.shape)}, spec says {expected}"
+            )
         if (out.cls is None) != (self.spec.cls_channels is None):
             raise RuntimeError(f"teacher {self.spec.name!r}: cls presence disagrees with its spec")

@@ -60,7 +60,9 @@ def load_teacher(
     entry = get_entry(name)
     if source == "tiny":
         if weights is not None:
-            raise ValueError(f"teacher {name!r}: source='tiny' builds random weights; drop weights={weights!r} or use source='hub'")
+            raise ValueError(
+                f"teacher {name!r}: source='tiny' builds random weights; drop weights={weights!r} or use source='hub'"
+            )
         teacher = entry.build_tiny()
     elif source == "hub":
         teacher = entry.load_weights(weights or entry.default_weights)
