@@ -1,0 +1,35 @@
+"""The student: ViT backbone, CLS bottleneck, token decoder, per-teacher heads and pixel head."""
+
+from distill.models.checkpoint import (
+    check_stats,
+    load_state_strict,
+    read_config,
+    read_stats,
+    write_checkpoint,
+)
+from distill.models.config import SIZES, BackboneSize, StudentConfig
+from distill.models.decoder import TokenDecoder, ZProjection
+from distill.models.heads import SpatialHead, SummaryHead, TeacherHead, resample_grid
+from distill.models.pixel_head import PixelHead, patchify
+from distill.models.student import Student, StudentOutput
+
+__all__ = [
+    "SIZES",
+    "BackboneSize",
+    "PixelHead",
+    "SpatialHead",
+    "Student",
+    "StudentConfig",
+    "StudentOutput",
+    "SummaryHead",
+    "TeacherHead",
+    "TokenDecoder",
+    "ZProjection",
+    "check_stats",
+    "load_state_strict",
+    "patchify",
+    "read_config",
+    "read_stats",
+    "resample_grid",
+    "write_checkpoint",
+]

@@ -1,0 +1,147 @@
+"""The student's configuration: architecture as data, JSON round-trippable, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from distill.teachers.base import TeacherSpec
+
+Bottleneck = Literal["cls", "none"]
+HeadKind = Literal["mlp", "conv"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSize:
+    """Width, depth, heads and MLP width of one ViT preset."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+
+
+# DeiT presets (Touvron et al. 2021; same shapes as facebook/deit-*-patch16-224) and a miniature for tests.
+SIZES: dict[str, BackboneSize] = {
+    "tiny": BackboneSize(width=48, depth=2, heads=3, mlp_dim=96),
+    "deit_tiny": BackboneSize(width=192, depth=12, heads=3, mlp_dim=768),
+    "deit_small": BackboneSize(width=384, depth=12, heads=6, mlp_dim=1536),
+    "deit_base": BackboneSize(width=768, depth=12, heads=12, mlp_dim=3072),
+}
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Everything needed to rebuild a student; saved as ``config.json`` in its checkpoint folder.
+
+    ``teachers`` maps each predicted teacher's name to the spec of the teacher it was trained
+    against, so a checkpoint alone tells which grids and channels its heads produce.
+    """
+
+    teachers: dict[str, TeacherSpec]
+    size: str = "deit_small"
+    image_size: int = 224  # square training resolution; other multiples of patch_size work at inference
+    patch_size: int = 16
+    bottleneck: Bottleneck = "cls"
+    d_z: int = 384  # width of the compact representation z
+    decoder_dim: int | None = None  # token decoder width; None = backbone width
+    decoder_depth: int = 2
+    decoder_heads: int | None = None  # None = backbone heads
+    head: HeadKind = "mlp"
+    head_hidden_dim: int | None = None  # hidden width of the per-teacher heads; None = their input width
+    pixel_head: bool = True
+    pretrained: str | None = None  # hub id or local directory of a ViT/DeiT to initialise the backbone from
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"unknown student size {self.size!r}; choose one of {', '.join(SIZES)}")
+        if self.bottleneck not in get_args(Bottleneck):
+            raise ValueError(f"bottleneck must be one of {get_args(Bottleneck)}, got {self.bottleneck!r}")
+        if self.head not in get_args(HeadKind):
+            raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
+        if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be a positive multiple of patch_size {self.patch_size}"
+            )
+        sizes = {
+            "d_z": self.d_z,
+            "decoder_depth": self.decoder_depth,
+            "decoder_dim": self.decoder_dim,
+            "decoder_heads": self.decoder_heads,
+            "head_hidden_dim": self.head_hidden_dim,
+        }
+        for name, value in sizes.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.decoder_dim_resolved % self.decoder_heads_resolved:
+            raise ValueError(
+                f"decoder_dim {self.decoder_dim_resolved} is not divisible by decoder_heads {self.decoder_heads_resolved}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean/std must be 3 values with std > 0, got mean={self.mean} std={self.std}")
+        for name, spec in self.teachers.items():
+            if not isinstance(spec, TeacherSpec):
+                raise TypeError(f"teachers[{name!r}] must be a TeacherSpec, got {type(spec).__name__}")
+            if spec.name != name:
+                raise ValueError(
+                    f"teachers[{name!r}] holds the spec of teacher {spec.name!r}; keys must match spec names"
+                )
+        if not self.teachers and not self.pixel_head:
+            raise ValueError(
+                "the student predicts nothing: give it at least one teacher or enable pixel_head"
+            )
+
+    @property
+    def backbone(self) -> BackboneSize:
+        return SIZES[self.size]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The student's patch grid at its training resolution."""
+        side = self.image_size // self.patch_size
+        return (side, side)
+
+    @property
+    def decoder_dim_resolved(self) -> int:
+        return self.decoder_dim if self.decoder_dim is not None else self.backbone.width
+
+    @property
+    def decoder_heads_resolved(self) -> int:
+        return self.decoder_heads if self.decoder_heads is not None else self.backbone.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; ``from_dict(to_dict())`` gives an equal config."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["teachers"] = {name: spec.to_dict() for name, spec in self.teachers.items()}
+        return _jsonable(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown student config keys {unknown}; known keys: {sorted(known)}")
+        if "teachers" not in data:
+            raise ValueError(
+                "student config lacks 'teachers' (a mapping of teacher name -> TeacherSpec fields)"
+            )
+        kwargs = dict(data)
+        kwargs["teachers"] = {name: TeacherSpec.from_dict(spec) for name, spec in data["teachers"].items()}
+        for key in ("mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, recursively, so the dict equals what ``json.loads(json.dumps(...))`` gives."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value

@@ -1,0 +1,198 @@
+"""The student: a ViT whose whole image representation can pass through one vector z."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.data.stats import FeatureStats
+from distill.geometry import check_image_batch, to_unit_float
+from distill.models.backbone import build_backbone
+from distill.models.checkpoint import (
+    WEIGHTS_NAME,
+    check_stats,
+    load_state_strict,
+    read_config,
+    read_stats,
+    write_checkpoint,
+)
+from distill.models.config import StudentConfig
+from distill.models.decoder import TokenDecoder, ZProjection
+from distill.models.heads import TeacherHead
+from distill.models.pixel_head import PixelHead
+from distill.teachers.base import TeacherOutput
+
+
+@dataclass
+class StudentOutput:
+    """What the student predicts for a batch.
+
+    ``features`` are in the stats-normalised space the losses use (or the teacher's raw space
+    after ``predict(..., denormalize=True)``); ``pixels`` is [B, 3, H, W] in [0, 1] image space,
+    unclamped, or None without a pixel head.
+    """
+
+    z: torch.Tensor
+    features: dict[str, TeacherOutput]
+    pixels: torch.Tensor | None
+
+
+class Student(nn.Module):
+    """ViT backbone -> z -> token grid -> per-teacher heads and pixel head.
+
+    With ``bottleneck="cls"`` every output is computed from z alone (the token decoder never sees
+    the backbone's patch tokens); with ``bottleneck="none"`` the heads read the patch tokens.
+    ``stats`` (set by :meth:`from_pretrained` or :meth:`set_stats`) map features back to each
+    teacher's raw space.
+    """
+
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
+    def __init__(self, config: StudentConfig, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config, load_pretrained=load_pretrained)
+        width = config.backbone.width
+        self.register_buffer("pixel_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        self.to_z = ZProjection(width, config.d_z)
+        self.decoder: TokenDecoder | None = None
+        grid_dim = width
+        if config.bottleneck == "cls":
+            grid_dim = config.decoder_dim_resolved
+            self.decoder = TokenDecoder(
+                config.d_z, grid_dim, config.decoder_depth, config.decoder_heads_resolved, config.grid
+            )
+        self.heads = nn.ModuleDict(
+            {
+                name: TeacherHead(spec, grid_dim, config.d_z, config.head, config.head_hidden_dim)
+                for name, spec in config.teachers.items()
+            }
+        )
+        self.pixel_head = PixelHead(grid_dim, config.patch_size) if config.pixel_head else None
+        self.stats: dict[str, FeatureStats] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] images -> the backbone's normalised input, on the model's device."""
+        check_image_batch(images, "student images")
+        p = self.config.patch_size
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ValueError(
+                f"student images are {tuple(images.shape[-2:])}, not a multiple of the patch size {p}; "
+                f"resize them (e.g. to the canonical {self.config.image_size}x{self.config.image_size} view)"
+            )
+        x = to_unit_float(images.to(self.device, non_blocking=True))
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def backbone_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone last hidden state [B, 1 + h*w, width] (CLS first) at the images' resolution."""
+        return self.backbone(
+            pixel_values=self.normalize(images), interpolate_pos_encoding=True
+        ).last_hidden_state
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run)."""
+        return self.to_z(self.backbone_tokens(images)[:, 0])
+
+    @torch.inference_mode()
+    def encode_video(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Frames [T, 3, H, W] -> [T, d_z] (or [B, T, 3, H, W] -> [B, T, d_z]), ``batch_size`` frames at a time.
+
+        Frames may stay on the CPU while the model is on a GPU: chunks move over one at a time and
+        the result comes back on the frames' device.
+        """
+        if frames.ndim == 5:
+            return self.encode_video(frames.flatten(0, 1), batch_size).unflatten(0, frames.shape[:2])
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be [T, 3, H, W] or [B, T, 3, H, W], got {tuple(frames.shape)}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        chunks = [
+            self.encode(frames[i : i + batch_size]).to(frames.device)
+            for i in range(0, frames.shape[0], batch_size)
+        ]
+        if not chunks:
+            return torch.empty(0, self.config.d_z, device=frames.device)
+        return torch.cat(chunks)
+
+    def forward(self, images: torch.Tensor) -> StudentOutput:
+        """Images [B, 3, H, W] (uint8 or float [0, 1], H and W multiples of the patch size) -> all predictions."""
+        tokens = self.backbone_tokens(images)
+        z = self.to_z(tokens[:, 0])
+        grid = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
+        if self.decoder is not None:
+            return self._heads(z, self.decoder(z, grid))
+        return self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
+
+    def predict(
+        self, z: torch.Tensor, image_size: tuple[int, int] | int | None = None, denormalize: bool = False
+    ) -> StudentOutput:
+        """z [B, d_z] -> every teacher's features and the pixels, from z alone.
+
+        ``image_size`` sets the rebuilt grid (and pixel resolution; default: the training size).
+        ``denormalize=True`` maps features into each teacher's raw space with the saved stats, as
+        the teachers' own decoders expect.
+        """
+        if self.decoder is None:
+            raise RuntimeError(
+                "predict(z) needs the CLS bottleneck: this student has bottleneck='none', so its heads read "
+                "the backbone's patch tokens and z alone does not determine them; call student(images) instead"
+            )
+        if z.ndim != 2 or z.shape[1] != self.config.d_z:
+            raise ValueError(f"z must be [B, {self.config.d_z}], got {tuple(z.shape)}")
+        size = image_size if image_size is not None else self.config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image_size {(height, width)} is not a multiple of the patch size {p}")
+        z = z.to(self.device)
+        out = self._heads(z, self.decoder(z, (height // p, width // p)))
+        if denormalize:
+            out.features = self.denormalize(out.features)
+        return out
+
+    def denormalize(self, features: Mapping[str, TeacherOutput]) -> dict[str, TeacherOutput]:
+        """Stats-normalised features -> each teacher's raw feature space."""
+        if self.stats is None:
+            raise RuntimeError(
+                "this student has no feature stats to denormalise with; load it with Student.from_pretrained(dir) "
+                "or call student.set_stats(stats)"
+            )
+        return {name: self.stats[name].denormalize(out) for name, out in features.items()}
+
+    def set_stats(self, stats: Mapping[str, FeatureStats]) -> None:
+        """Attach the per-teacher stats the student was trained with (checked against its teacher specs)."""
+        self.stats = check_stats(self.config, stats)
+
+    def _heads(self, z: torch.Tensor, tokens: torch.Tensor) -> StudentOutput:
+        features = {name: head(tokens, z) for name, head in self.heads.items()}
+        pixels = None if self.pixel_head is None else self.pixel_head(tokens)
+        return StudentOutput(z=z, features=features, pixels=pixels)
+
+    def save_pretrained(self, directory: str | Path, stats: Mapping[str, FeatureStats]) -> None:
+        """Write ``config.json``, ``model.safetensors`` and ``stats/<teacher>.safetensors`` atomically.
+
+        ``stats`` are the per-teacher FeatureStats the training targets were normalised with.
+        """
+        write_checkpoint(directory, self.config, self.state_dict(), stats)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str | None = None) -> Student:
+        """Rebuild a saved student strictly: any missing, extra or wrong-shape tensor is an error.
+
+        The backbone is not re-initialised from ``config.pretrained``: every weight comes from the folder.
+        """
+        config = read_config(directory)
+        student = cls(config, load_pretrained=False)
+        load_state_strict(student, Path(directory) / WEIGHTS_NAME)
+        student.set_stats(read_stats(directory, config))
+        return student.to(device) if device is not None else student

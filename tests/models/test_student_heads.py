@@ -1,0 +1,86 @@
+"""Spatial heads (resampling to any teacher grid, mlp vs conv), summary head, pixel head layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.models import PixelHead, SpatialHead, patchify, resample_grid
+
+
+def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Bilinear resampling matrix [n_out, n_in], half-pixel centres, triangle filter widened by the
+    scale when shrinking (PIL-style antialiasing), normalised per output and clamped at the edges."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    out = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale - 0.5
+        if scale <= 1.0:  # upsampling: interpolate the two neighbours, clamping the coordinate at the borders
+            x = min(max(centre, 0.0), n_in - 1.0)
+            lo = int(np.floor(x))
+            hi = min(lo + 1, n_in - 1)
+            out[i, lo] += 1.0 - (x - lo)
+            out[i, hi] += x - lo
+        else:
+            for j in range(n_in):
+                out[i, j] = max(0.0, 1.0 - abs(j - centre) / support)
+            out[i] /= out[i].sum()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((4, 4), (16, 16)), ((14, 14), (64, 64)), ((8, 8), (4, 4)), ((28, 28), (14, 14)), ((6, 4), (3, 10))],
+)
+def test_resampling_matches_an_independent_bilinear_reference(
+    src: tuple[int, int], dst: tuple[int, int]
+) -> None:
+    grid = torch.randn(2, 5, *src, dtype=torch.float64)
+    got = resample_grid(grid, dst).numpy()
+    rows, cols = _triangle_weights(src[0], dst[0]), _triangle_weights(src[1], dst[1])
+    want = np.einsum("ij,bcjk,lk->bcil", rows, grid.numpy(), cols)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("teacher_grid", [(16, 16), (4, 4), (2, 2), (3, 5), (64, 64)])
+def test_spatial_head_maps_any_grid_to_the_teacher_grid(kind: str, teacher_grid: tuple[int, int]) -> None:
+    head = SpatialHead(in_dim=12, out_dim=7, grid=teacher_grid, kind=kind, hidden_dim=10)  # type: ignore[arg-type]
+    out = head(torch.randn(3, 4, 4, 12))
+    assert out.shape == (3, *teacher_grid, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("kind", "reach"), [("mlp", 0), ("conv", 1)])
+def test_mlp_mixes_one_position_and_conv_its_neighbourhood(kind: str, reach: int) -> None:
+    torch.manual_seed(0)
+    head = SpatialHead(in_dim=8, out_dim=5, grid=(6, 6), kind=kind, hidden_dim=8).eval()  # type: ignore[arg-type]
+    tokens = torch.randn(1, 6, 6, 8)
+    poked = tokens.clone()
+    poked[0, 2, 3] += torch.randn(8)
+    changed = (head(poked) - head(tokens)).abs().amax(-1)[0] > 1e-6
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[2 - reach : 3 + reach, 3 - reach : 4 + reach] = True
+    assert torch.equal(changed, expected)
+
+
+def test_pixel_head_unpatchifies_in_mae_order() -> None:
+    torch.manual_seed(0)
+    p, h, w = 4, 3, 5
+    head = PixelHead(in_dim=6, patch_size=p)
+    tokens = torch.randn(2, h, w, 6)
+    image = head(tokens)
+    assert image.shape == (2, 3, h * p, w * p)
+    per_token = head.linear(head.norm(tokens)).detach().numpy()  # [B, h, w, p*p*3]
+    want = np.zeros((2, 3, h * p, w * p), dtype=np.float32)
+    for r in range(h):
+        for c in range(w):
+            for i in range(p):
+                for j in range(p):
+                    want[:, :, r * p + i, c * p + j] = per_token[
+                        :, r, c, (i * p + j) * 3 : (i * p + j) * 3 + 3
+                    ]
+    np.testing.assert_allclose(image.detach().numpy(), want, atol=1e-6)
+    assert torch.equal(patchify(image, p), head.linear(head.norm(tokens)))
