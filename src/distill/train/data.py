@@ -1,0 +1,98 @@
+"""The trainer's side of ``distill.data.loader``: config keys -> LoaderConfig, checked up front.
+
+One loader batch is one micro-batch of ``training.batch_size`` samples per rank, so the
+loader's ``global_batch`` is ``batch_size x world size`` and an optimiser step consumes
+``grad_accum`` loader batches: the loader position of step ``k`` is ``k x grad_accum``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from distill.data.dataset import Batch, load_checked_stats
+from distill.data.loader import LoaderConfig, eval_batches, train_batches
+from distill.data.stats import FeatureStats
+from distill.teachers.base import TeacherSpec
+from distill.train.config import RunConfig
+from distill.train.distributed import DistContext
+from distill.train.typed import ConfigError
+
+
+def dataset_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.dataset.root) / cfg.dataset.name
+
+
+def check_geometry(cfg: RunConfig, world_size: int) -> None:
+    """The loader's stream rules, reported with the config keys to change."""
+    streams, batch = cfg.dataset.num_streams, cfg.training.batch_size
+    if streams < 1:
+        raise ConfigError(f"dataset.num_streams: must be >= 1, got {streams}")
+    if streams % world_size:
+        raise ConfigError(f"dataset.num_streams: {streams} is not a multiple of the world size {world_size}")
+    if (batch * world_size) % streams:
+        raise ConfigError(
+            f"training.batch_size: {batch} x {world_size} rank(s) = {batch * world_size} samples per batch is not "
+            f"a multiple of dataset.num_streams={streams}"
+        )
+    if cfg.dataset.num_workers > streams // world_size:
+        raise ConfigError(
+            f"dataset.num_workers: {cfg.dataset.num_workers} exceeds the {streams // world_size} stream(s) of each rank "
+            "(dataset.num_streams / world size)"
+        )
+
+
+class LoaderPlan:
+    """Builds the training stream, the validation pass and offline teachers' stats for one run."""
+
+    def __init__(self, cfg: RunConfig, offline: list[str], ctx: DistContext) -> None:
+        check_geometry(cfg, ctx.world_size)
+        data = cfg.dataset
+        self.stats_dir = Path(data.stats_dir) if data.stats_dir else None
+        self.val_split = data.val_split
+        self.config = LoaderConfig(
+            dataset=dataset_dir(cfg),
+            teachers=tuple(offline),
+            stats_dir=self.stats_dir,
+            normalize=True,
+            split=data.train_split,
+            global_batch=cfg.training.batch_size * ctx.world_size,
+            num_streams=data.num_streams,
+            seed=cfg.seed,
+            shuffle_buffer=data.shuffle_buffer,
+            num_workers=data.num_workers,
+            eval_split=data.val_split or data.train_split,
+            eval_batch=data.val_batch_size or cfg.training.batch_size,
+            pin_memory=ctx.device.type == "cuda",
+            # on GPU, workers ship stored (compact) features and the batch is finished on the device
+            device=str(ctx.device) if ctx.device.type == "cuda" else None,
+        )
+        self.ctx = ctx
+
+    def offline_stats(self, specs: dict[str, TeacherSpec]) -> dict[str, FeatureStats]:
+        """The stats the loader normalises precomputed targets with (the student saves them too)."""
+        if not self.config.teachers:
+            return {}
+        if self.stats_dir is None:
+            raise ConfigError(
+                "dataset.stats_dir: precomputed teachers need their stats files; set dataset.stats_dir"
+            )
+        return {name: load_checked_stats(self.stats_dir, name, specs[name]) for name in self.config.teachers}
+
+    def train(self, start_batch: int) -> Iterator[Batch]:
+        return train_batches(self.config, self.ctx.rank, self.ctx.world_size, start_batch=start_batch)
+
+    def val(self) -> Iterator[Batch]:
+        if self.val_split is None:
+            raise RuntimeError("no validation split configured (dataset.val_split is null)")
+        return eval_batches(self.config, self.ctx.rank, self.ctx.world_size)
+
+    def first_images(self, batches: int) -> Iterator[torch.Tensor]:
+        """Images of global batches ``0 .. batches-1`` (this rank's part), without teacher features."""
+        plain = replace(self.config, teachers=(), num_workers=0)
+        stream = train_batches(plain, self.ctx.rank, self.ctx.world_size, start_batch=0)
+        return (batch.images for batch in itertools.islice(stream, batches))

@@ -1,0 +1,132 @@
+"""Process-group setup from torchrun's environment, and the few collectives the trainer needs.
+
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``). The
+global rank decides data and logging; the *local* rank picks the GPU, so multi-node runs
+(where rank 8 is GPU 0 of the second node) place every process correctly. Without those
+variables the trainer runs as a single process with no process group at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+DevicePreference = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: global rank, world size, rank on its node, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None when running as a plain single process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ValueError(
+            f"environment variable {name}={value!r} is not an integer (set by torchrun)"
+        ) from err
+
+
+def _pick_device(preference: DevicePreference, local_rank: int) -> torch.device:
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={preference!r}: use 'auto', 'cpu' or 'cuda'")
+    use_cuda = preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "device=cuda but torch.cuda.is_available() is False; use device=cpu or device=auto"
+        )
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but this node has {count} GPU(s); "
+            "set --nproc_per_node to at most the number of GPUs per node"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(preference: DevicePreference = "auto", timeout_s: float = 1800.0) -> DistContext:
+    """Join torchrun's process group (nccl on GPU, gloo on CPU), or run alone without torchrun."""
+    rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    if rank is None and world_size is None:
+        return DistContext(0, 1, 0, _pick_device(preference, 0), None)
+    if rank is None or world_size is None or local_rank is None:
+        raise RuntimeError(
+            "incomplete torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must all be set "
+            f"(got RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}); launch with torchrun"
+        )
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
+    device = _pick_device(preference, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+        if device.type == "cuda":
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+    return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        if ctx.device.type == "cuda":
+            dist.barrier(device_ids=[ctx.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks, returned on the CPU (the collective runs on the rank's device)."""
+    if not ctx.distributed:
+        return tensor.cpu()
+    work = tensor.to(ctx.device, copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.cpu()
+
+
+def broadcast_object(ctx: DistContext, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (run names, resume decisions: things all ranks must agree on)."""
+    if not ctx.distributed:
+        return value
+    holder = [value if ctx.is_main else None]
+    dist.broadcast_object_list(holder, src=0, device=ctx.device)
+    return holder[0]
+
+
+def all_gather_object(ctx: DistContext, value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (used for per-rank RNG states in checkpoints)."""
+    if not ctx.distributed:
+        return [value]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return out

@@ -1,0 +1,375 @@
+"""The training loop: one optimiser step = ``grad_accum`` micro-batches on every rank.
+
+The loop's position is fully described by the optimiser step: the loader restarts at global
+batch ``step * grad_accum``, the schedule is a function of the step, and model, optimiser, EMA
+and every rank's RNG come from the checkpoint. So a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from distill.data.dataset import Batch
+from distill.losses import LossBreakdown, LossConfig, distillation_loss
+from distill.models import Student
+from distill.teachers.base import TeacherOutput
+from distill.train import rng
+from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
+from distill.train.config import RunConfig
+from distill.train.distributed import (
+    DistContext,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from distill.train.ema import Ema
+from distill.train.metrics import MetricsSink, WandbSettings
+from distill.train.online import OnlineTargets, resolve_online_stats
+from distill.train.optim import WarmupCosine, build_optimizer
+from distill.train.precision import AutocastFactory, autocast_factory
+from distill.train.rundir import RunPlan, plan_run
+from distill.train.setup import Inputs, load_student_weights, prepare_inputs
+from distill.train.validate import evaluate
+
+log = logging.getLogger(__name__)
+
+FINAL_STUDENT = "student"
+FINAL_EMA = "student_ema"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the teachers responsible."""
+
+
+def check_finite(breakdown: LossBreakdown, step: int, rank: int) -> None:
+    if bool(torch.isfinite(breakdown.total)):
+        return
+    culprits = breakdown.nonfinite()
+    teachers = sorted({name.split("/")[0] for name in culprits})
+    values = ", ".join(f"{name}={float(breakdown.terms[name])}" for name in culprits)
+    who = (
+        f"teacher(s) {', '.join(teachers)} ({values})"
+        if culprits
+        else "no single term (their sum overflowed)"
+    )
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step} on rank {rank}: {who}; check those teachers' feature shards and "
+        "stats files (a zero or NaN std gives infinite targets), or lower training.lr"
+    )
+
+
+@dataclass
+class _Window:
+    """Training metrics summed since the last metrics record (on this rank)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    micro_batches: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def add(self, breakdown: LossBreakdown) -> None:
+        for name, value in {"loss": breakdown.total.detach(), **breakdown.terms}.items():
+            self.sums[name] = self.sums[name] + value.float() if name in self.sums else value.float()
+        self.micro_batches += 1
+
+
+class Trainer:
+    """Owns the student, optimiser, data stream and outputs of one run."""
+
+    def __init__(
+        self, cfg: RunConfig, resolved: dict[str, Any], ctx: DistContext, plan: RunPlan, inputs: Inputs
+    ) -> None:
+        self.cfg, self.ctx, self.plan = cfg, ctx, plan
+        self.run_dir = plan.run_dir
+        training = cfg.training
+        teachers = inputs.teachers
+        self.loader = inputs.loader
+        self.loss_cfg: LossConfig = inputs.loss
+        self.autocast: AutocastFactory = autocast_factory(training.precision, ctx.device)
+
+        stats = dict(inputs.offline_stats)
+        self.online: OnlineTargets | None = None
+        if teachers.online:
+            first = self.loader.first_images(training.online_stats_steps * training.grad_accum)
+            online_stats = resolve_online_stats(
+                teachers.online, self.run_dir, self.loader.stats_dir, first, ctx
+            )
+            stats |= online_stats
+            self.online = OnlineTargets(teachers.online, online_stats)
+        self.stats = stats
+
+        rng.seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.config = inputs.student
+        starting_from = plan.resume_from or (Path(cfg.init_from) if cfg.init_from else None)
+        self.student = Student(self.config, load_pretrained=starting_from is None)
+        if plan.resume_from is None and cfg.init_from:
+            load_student_weights(self.student, Path(cfg.init_from), "init_from")
+            log.info("initialised the student from %s", cfg.init_from)
+        self.student.set_stats(stats)
+        self.student.to(ctx.device)
+        self.ema: Ema[Student] | None = Ema(self.student, training.ema_decay) if training.ema_decay else None
+        self.optimizer = build_optimizer(
+            self.student,
+            lr=training.lr,
+            weight_decay=training.weight_decay,
+            betas=training.betas,
+            no_decay_names=training.no_decay_names,
+            fused=ctx.device.type == "cuda",
+        )
+        self.schedule = WarmupCosine(
+            training.lr, training.warmup_steps, training.steps, training.min_lr_ratio
+        )
+        self.step = 0
+        if plan.resume_from is not None:
+            self._resume(read_checkpoint(plan.resume_from))
+        else:
+            rng.seed_everything(cfg.seed + 1 + ctx.rank)  # distinct per-rank streams from here on
+
+        self.model: nn.Module = self.student
+        if ctx.distributed:
+            self.model = DistributedDataParallel(
+                self.student,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=self._has_unused_parameters(),
+            )
+        if training.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.sink = MetricsSink(
+            self.run_dir,
+            enabled=ctx.is_main,
+            wandb_settings=WandbSettings(
+                cfg.logging.wandb.mode,
+                cfg.logging.wandb.project,
+                cfg.logging.wandb.entity,
+                cfg.logging.wandb.tags,
+            ),
+            config=dict(resolved, run_name=plan.name),
+            run_name=plan.name,
+            total_steps=training.steps,
+            start_step=self.step,
+        )
+
+    # ----------------------------------------------------------------- setup helpers
+    def _has_unused_parameters(self) -> bool:
+        """Whether some parameters get no gradient, which DDP must then look for every step.
+
+        That happens when a term is weighted 0 (the loss leaves it out of the graph), and with
+        ``bottleneck=none`` when no teacher has a CLS (nothing then reads z).
+        """
+        loss = self.loss_cfg
+        has_cls = any(spec.cls_channels is not None for spec in self.config.teachers.values())
+        weights = [loss.patch_cos, loss.patch_l1, *loss.teacher_weights.values()]
+        if has_cls:
+            weights.append(loss.cls_cos)
+        if self.config.pixel_head:
+            weights.append(loss.pixel_mse)
+        return any(w == 0 for w in weights) or (self.config.bottleneck == "none" and not has_cls)
+
+    def _resume(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        world = self.ctx.world_size
+        batch = self.cfg.training.batch_size
+        if (
+            state.batch_size * state.world_size != batch * world
+            or state.grad_accum != self.cfg.training.grad_accum
+        ):
+            raise ValueError(
+                f"{checkpoint.path} was trained with global batch {state.global_batch} x {state.grad_accum} accumulation "
+                f"({state.world_size} ranks x {state.batch_size}); this run has {world} x {batch} x "
+                f"{self.cfg.training.grad_accum}. Resume with the same global batch and training.grad_accum"
+            )
+        load_student_weights(self.student, checkpoint.student_dir, "checkpoint")
+        if self.ema is not None:
+            if checkpoint.ema_dir is None:
+                raise ValueError(f"training.ema_decay is set but {checkpoint.path} has no ema/ folder")
+            load_student_weights(self.ema.module, checkpoint.ema_dir, "checkpoint EMA")
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if asdict(self.schedule) != state.schedule:
+            log.warning(
+                "the lr schedule differs from the checkpoint's %s; the run will not repeat it", state.schedule
+            )
+        self.step = state.step
+        if self.ctx.rank < len(checkpoint.rng):
+            rng.restore(checkpoint.rng[self.ctx.rank])
+        else:
+            log.warning(
+                "checkpoint has RNG states for %d ranks; rank %d is seeded afresh",
+                len(checkpoint.rng),
+                self.ctx.rank,
+            )
+            rng.seed_everything(self.cfg.seed + 1 + self.ctx.rank + state.step)
+        if state.world_size != world:
+            log.warning(
+                "resuming %d-rank checkpoint on %d ranks: same data, not a bit-identical trajectory",
+                state.world_size,
+                world,
+            )
+        log.info("resumed from %s at step %d", checkpoint.path, self.step)
+
+    # ----------------------------------------------------------------- the loop
+    def targets(self, batch: Batch, images: torch.Tensor) -> dict[str, TeacherOutput]:
+        targets = {name: out.to(self.ctx.device) for name, out in batch.targets.items()}
+        if self.online is not None:
+            targets |= self.online(images)
+        return targets
+
+    def _micro_step(self, batch: Batch, step: int, sync: bool) -> LossBreakdown:
+        images = batch.images.to(self.ctx.device, non_blocking=True)
+        targets = self.targets(batch, images)
+        no_sync = getattr(self.model, "no_sync", None)
+        context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with context:
+            with self.autocast():
+                output = self.model(images)
+            breakdown = distillation_loss(output, targets, images, self.loss_cfg)
+            check_finite(breakdown, step, self.ctx.rank)
+            (breakdown.total / self.cfg.training.grad_accum).backward()
+        return breakdown
+
+    def _optimizer_step(self, stream: Iterator[Batch], window: _Window) -> tuple[float, float | None]:
+        """``grad_accum`` micro-batches, clip, step, EMA; returns (lr used, grad norm before clipping)."""
+        training = self.cfg.training
+        lr = self.schedule.apply(self.optimizer, self.step)
+        for micro in range(training.grad_accum):
+            window.add(self._micro_step(next(stream), self.step + 1, sync=micro == training.grad_accum - 1))
+        grad_norm = None
+        if training.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), training.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.student)
+        self.step += 1
+        return lr, grad_norm
+
+    def fit(self) -> Path:
+        training = self.cfg.training
+        stream = self.loader.train(start_batch=self.step * training.grad_accum)
+        window = _Window()
+        self.model.train()
+        while self.step < training.steps:
+            started = time.perf_counter()
+            lr, grad_norm = self._optimizer_step(stream, window)
+            window.steps += 1
+            window.seconds += time.perf_counter() - started
+            last = self.step == training.steps
+            loss_now = None
+            if self.step % self.cfg.logging.log_every == 0 or last:
+                record = self._train_record(window, lr, grad_norm)
+                loss_now = record["loss"]
+                self.sink.log(record)
+                window = _Window()
+            self.sink.advance(1, loss_now, lr)
+            if (training.val_every and self.step % training.val_every == 0) or last:
+                self.validate()
+            if self.step % training.checkpoint_every == 0 or last:
+                self.save_checkpoint()
+        self.export()
+        self.sink.close()
+        return self.run_dir
+
+    def _train_record(self, window: _Window, lr: float, grad_norm: float | None) -> dict[str, Any]:
+        """Means over the window's micro-batches and all ranks, plus lr and global samples/s."""
+        names = sorted(window.sums)
+        sums = torch.stack([window.sums[n].double().cpu() for n in names])
+        means = all_reduce_sum(self.ctx, sums) / (window.micro_batches * self.ctx.world_size)
+        training = self.cfg.training
+        samples = window.steps * training.grad_accum * training.batch_size * self.ctx.world_size
+        record: dict[str, Any] = {
+            "kind": "train",
+            "step": self.step,
+            "lr": lr,
+            "samples_per_s": samples / max(window.seconds, 1e-9),
+        }
+        record |= {name: float(means[i]) for i, name in enumerate(names)}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        return record
+
+    def validate(self) -> None:
+        if self.loader.val_split is None:
+            return
+        # the bare student, not the DDP wrapper: ranks may hold different numbers of val batches,
+        # so no forward pass here may take part in a collective
+        models: dict[str, nn.Module] = {"": self.student}
+        if self.ema is not None:
+            models["ema/"] = self.ema.module
+        record: dict[str, Any] = {"kind": "val", "step": self.step}
+        for prefix, model in models.items():
+            metrics = evaluate(
+                model, self.config, self.loader.val(), self.targets, self.loss_cfg, self.ctx, self.autocast
+            )
+            record |= {f"{prefix}{k}": v for k, v in metrics.items()}
+        if self.ctx.is_main:
+            summary = ", ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if k.endswith(("loss", "cos", "psnr"))
+            )
+            log.info("validation at step %d: %s", self.step, summary)
+        self.sink.log(record)
+
+    def _state(self) -> TrainerState:
+        return TrainerState(
+            step=self.step,
+            loader_position=self.step * self.cfg.training.grad_accum,
+            world_size=self.ctx.world_size,
+            batch_size=self.cfg.training.batch_size,
+            grad_accum=self.cfg.training.grad_accum,
+            schedule=asdict(self.schedule),
+        )
+
+    def _save_models(self, folder: Path) -> None:
+        self.student.save_pretrained(folder / "student", self.stats)
+        if self.ema is not None:
+            self.ema.module.save_pretrained(folder / "ema", self.stats)
+
+    def save_checkpoint(self) -> None:
+        states = all_gather_object(self.ctx, rng.capture())
+        if self.ctx.is_main:
+            path = write_checkpoint(
+                self.run_dir,
+                self._state(),
+                self.optimizer.state_dict(),
+                states,
+                self._save_models,
+                self.cfg.training.keep_last,
+            )
+            log.info("checkpoint %s", path)
+        barrier(self.ctx)
+
+    def export(self) -> None:
+        """The final weights as plain student folders: ``<run_dir>/student`` (and ``student_ema``)."""
+        if self.ctx.is_main:
+            self.student.save_pretrained(self.run_dir / FINAL_STUDENT, self.stats)
+            if self.ema is not None:
+                self.ema.module.save_pretrained(self.run_dir / FINAL_EMA, self.stats)
+        barrier(self.ctx)
+
+
+def _configure_logging(ctx: DistContext) -> None:
+    logging.getLogger().setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+
+
+def train(cfg: RunConfig, resolved: dict[str, Any]) -> Path:
+    """Run (or resume) one training run; returns the run directory."""
+    ctx = init_distributed(cfg.device)
+    try:
+        _configure_logging(ctx)
+        inputs = prepare_inputs(cfg, ctx)
+        plan = plan_run(cfg, ctx, resolved)
+        log.info("run dir %s (%d rank(s), device %s)", plan.run_dir, ctx.world_size, ctx.device)
+        trainer = Trainer(cfg, resolved, ctx, plan, inputs)
+        return trainer.fit()
+    finally:
+        shutdown(ctx)
