@@ -1,0 +1,86 @@
+"""The demo's report: a Markdown page with the loss curves, sampled decoded frames and the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+
+from distill.demo.pipeline import DemoResult
+from distill.demo.plot import line_plot
+from distill.io import atomic_write_text
+
+REPORT_FILE = "report.md"
+
+
+def read_metrics(path: Path) -> list[dict[str, float | str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the training step logged no metrics")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def loss_series(records: list[dict[str, float | str]]) -> dict[str, list[tuple[float, float]]]:
+    """Train ``loss`` and every ``*/total`` term, plus the validation loss, keyed for the plot legend."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        kind, step = str(record["kind"]), float(record["step"])
+        for key, value in record.items():
+            if key == "loss" or (kind == "train" and key.endswith("/total")):
+                series.setdefault(f"{kind}/{key}", []).append((step, float(value)))
+    return series
+
+
+def sample_frames(video: Path, folder: Path, count: int = 3) -> list[Path]:
+    """Save ``count`` evenly spaced frames of a decoded MP4 as PNGs (the report shows stills)."""
+    with av.open(str(video)) as container:
+        frames = [frame.to_image() for frame in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{video} has no frames")
+    picks = sorted({round(i * (len(frames) - 1) / max(count - 1, 1)) for i in range(count)})
+    paths = []
+    for index in picks:
+        path = folder / f"{video.stem}_frame{index:03d}.png"
+        frames[index].save(path)
+        paths.append(path)
+    return paths
+
+
+def write_report(result: DemoResult) -> Path:
+    out = result.config.output
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    series = loss_series(records)
+    curve = line_plot(series, out / "loss_curve.png", title="demo training loss", log_y=True)
+    train = [r for r in records if r["kind"] == "train"]
+    first, last = float(train[0]["loss"]), float(train[-1]["loss"])
+    videos = sorted(result.decoded.rglob("*.mp4"))
+    stills = [still for video in videos for still in sample_frames(video, out)]
+    lines = [
+        "# distill demo report",
+        "",
+        f"Teachers: {result.config.teacher_source} (clip, dinov2, mae, sam, depth_anything). "
+        f"Canonical view {result.config.image_size} px, student `{result.config.model}`, "
+        f"{result.config.steps} steps on {result.config.processes} processes.",
+        "",
+        f"Training loss: {first:.3f} at step {train[0]['step']} -> {last:.3f} at step {train[-1]['step']}.",
+        "",
+        f"![loss curve]({curve.name})",
+        "",
+        "## Decoded video (rows: student, teacher)",
+        "",
+        *[f"- [{v.relative_to(out)}]({v.relative_to(out)})" for v in videos],
+        "",
+        *[f"![{s.stem}]({s.name})" for s in stills],
+        "",
+        "## Steps",
+        "",
+        "| step | seconds | command |",
+        "|---|---|---|",
+        *[f"| {s.name} | {s.seconds:.1f} | `{s.command}` |" for s in result.steps],
+        "",
+        f"Run directory: `{result.run_dir}` (config.yaml, metrics.jsonl, checkpoints/).",
+        "",
+    ]
+    path = out / REPORT_FILE
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,62 @@
+"""`make demo` at a reduced size: every real step (organize, torchrun extraction and training,
+stats, check, decoding) and the report, asserted on what a newcomer would look at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+from PIL import Image
+
+from distill.demo.__main__ import main
+from distill.demo.pipeline import DemoConfig, run_demo
+from distill.demo.report import loss_series, write_report
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
+    cfg = DemoConfig(output=tmp_path, classes=2, per_class=8, video_frames=4, steps=6, batch_size=4)
+    result = run_demo(cfg)
+    report = write_report(result)
+
+    manifest = json.loads((result.dataset / "manifest.json").read_text())
+    assert set(manifest["teachers"]) == {"clip", "dinov2", "mae", "sam", "depth_anything"}
+    assert sorted(p.stem for p in result.stats_dir.glob("*.safetensors")) == sorted(manifest["teachers"])
+
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records if r["kind"] == "train") == cfg.steps
+    assert any(r["kind"] == "val" for r in records)
+
+    decoded = result.decoded / "clip.mp4"
+    with av.open(str(decoded)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == cfg.video_fps
+        assert sum(1 for _ in container.decode(stream)) == cfg.video_frames
+
+    text = report.read_text()
+    assert "![loss curve](loss_curve.png)" in text and "decoded/clip.mp4" in text
+    for line in text.splitlines():
+        if line.startswith("!["):
+            assert (tmp_path / line.split("(")[1].rstrip(")")).is_file(), line
+    assert Image.open(tmp_path / "loss_curve.png").size == (640, 400)
+    assert [s.name for s in result.steps][-1] == "decode the video: student vs teachers"
+
+
+def test_loss_series_keeps_train_terms_and_validation_loss() -> None:
+    records: list[dict[str, float | str]] = [
+        {"kind": "train", "step": 1, "loss": 3.0, "sam/total": 1.0, "sam/patch_cos": 0.5},
+        {"kind": "val", "step": 1, "loss": 2.5, "sam/total": 0.9},
+    ]
+    assert loss_series(records) == {
+        "train/loss": [(1.0, 3.0)],
+        "train/sam/total": [(1.0, 1.0)],
+        "val/loss": [(1.0, 2.5)],
+    }
+
+
+def test_bad_weights_argument_names_the_expected_form() -> None:
+    with pytest.raises(SystemExit, match="expected NAME=WEIGHTS"):
+        main(["--teachers", "hub", "--weights", "sam"])
