@@ -187,3 +187,46 @@ class StatsAccumulator:
             cls_std=self.cls.std().float() if has_cls else None,
             count=self.samples,
         )
+
+
+def pack_state(acc: StatsAccumulator, channels: int, cls_channels: int | None) -> torch.Tensor:
+    """The accumulator as one float64 vector of a length every rank knows (for all_gather).
+
+    Layout: ``[samples, patch_count, patch_mean (C), patch_m2 (C), cls_count, cls_mean (Cc), cls_m2 (Cc)]``;
+    empty moments are zeros with count 0.
+    """
+    parts = [torch.tensor([float(acc.samples)], dtype=torch.float64)]
+    for moments, width in ((acc.patch, channels), (acc.cls, cls_channels or 0)):
+        mean = moments.mean if moments.mean is not None else torch.zeros(width, dtype=torch.float64)
+        m2 = moments.m2 if moments.m2 is not None else torch.zeros(width, dtype=torch.float64)
+        if mean.shape != (width,):
+            raise ValueError(
+                f"teacher {acc.teacher!r}: accumulated {tuple(mean.shape)} channels, expected {width}"
+            )
+        parts += [
+            torch.tensor([float(moments.count)], dtype=torch.float64),
+            mean.to(torch.float64),
+            m2.to(torch.float64),
+        ]
+    return torch.cat(parts)
+
+
+def unpack_state(
+    teacher: str, packed: torch.Tensor, channels: int, cls_channels: int | None
+) -> StatsAccumulator:
+    """Inverse of :func:`pack_state`."""
+    width = cls_channels or 0
+    expected = 3 + 2 * channels + 2 * width
+    if packed.shape != (expected,):
+        raise ValueError(
+            f"packed stats of {tuple(packed.shape)} do not fit {channels} + {width} channels ({expected} values)"
+        )
+    acc = StatsAccumulator(teacher, samples=int(packed[0].item()))
+    offset = 1
+    for name, size in (("patch", channels), ("cls", width)):
+        count = int(packed[offset].item())
+        mean, m2 = packed[offset + 1 : offset + 1 + size], packed[offset + 1 + size : offset + 1 + 2 * size]
+        if count:
+            setattr(acc, name, _Moments(count, mean.clone(), m2.clone()))
+        offset += 1 + 2 * size
+    return acc

@@ -1,0 +1,152 @@
+"""Training loader throughput vs the same batches already in memory (DESIGN.md section 9: >= 95%).
+
+Two datasets: (1) the five tiny teachers' int8 features extracted from synthetic scenes, and
+(2) the same images with synthetic int8 features at the teachers' *real* output sizes (written
+through the same codec), where dequantising and normalising ~2.2 M values per sample dominates.
+
+For each: raw loader samples/s for 0, 1 and 2 DataLoader workers (and with 2 workers shipping the
+stored dtype, finished by the main process: ``LoaderConfig.device``); samples/s of iterating the same
+batches from a list in memory; and steps/s with an emulated accelerator step (``--step-ms`` of
+sleep per batch, during which the CPU is free, as when the student runs on a GPU) with the real
+loader vs with the in-memory batches. That last ratio is the one the target is about.
+
+    python benchmarks/loader.py --output benchmarks/results/loader.json
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common import FIVE, base_parser, machine, synthetic_dataset, write_result
+from distill.data.calc_stats import StatsConfig, compute_stats
+from distill.data.codec import encode_batch
+from distill.data.dataset import Batch
+from distill.data.dist import DistInfo
+from distill.data.extract import ExtractConfig, TeacherJob, run_extraction
+from distill.data.loader import LoaderConfig, train_batches
+from distill.data.manifest import TeacherRecord, load_manifest, update_manifest
+from distill.data.shards import list_keys, write_shard
+from distill.teachers import load_teacher
+from distill.teachers.base import TeacherSpec
+from storage import REAL_SIZES
+
+
+def add_real_size_features(dataset: Path) -> None:
+    """Synthetic int8 features at real teacher sizes for every image shard, recorded in the manifest."""
+    rng = np.random.default_rng(0)
+    manifest = load_manifest(dataset)
+    records = {}
+    for name, (grid, channels, cls_channels) in REAL_SIZES.items():
+        spec = TeacherSpec(name, 224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), grid, channels, cls_channels)
+        records[name] = TeacherRecord(spec, "int8", grid, "synthetic", None, tuple(manifest.splits))
+        for info in manifest.splits.values():
+            for shard in info.shards:
+                keys = list_keys(dataset / "images" / shard.name)
+                with write_shard(dataset / name / shard.name) as sink:
+                    for start in range(0, len(keys), 16):
+                        chunk = keys[start : start + 16]
+                        patch = torch.from_numpy(
+                            rng.standard_normal((len(chunk), *grid, channels), dtype=np.float32)
+                        )
+                        cls = (
+                            None
+                            if cls_channels is None
+                            else torch.from_numpy(
+                                rng.standard_normal((len(chunk), cls_channels), dtype=np.float32)
+                            )
+                        )
+                        for key, blob in zip(
+                            chunk, encode_batch(chunk, name, patch, cls, "int8"), strict=True
+                        ):
+                            sink.write(key, {f"{name}.safetensors": blob})
+    update_manifest(dataset, lambda m: replace(m, teachers=records))
+
+
+def timed(batches: Iterator[Batch], count: int, step_s: float) -> float:
+    next(batches)  # start-up (workers, first shards) is not throughput
+    start = time.perf_counter()
+    for batch in itertools.islice(batches, count):
+        batch.images[:, :, 0, 0].sum()  # touch the data
+        if step_s:
+            time.sleep(step_s)
+    return time.perf_counter() - start
+
+
+def run(cfg: LoaderConfig, count: int, step_ms: float) -> dict[str, Any]:
+    samples = count * cfg.global_batch
+    out: dict[str, Any] = {}
+    for workers in (0, 1, 2):
+        seconds = timed(train_batches(replace(cfg, num_workers=workers)), count, 0.0)
+        out[f"loader_samples_per_s_workers_{workers}"] = round(samples / seconds, 1)
+    seconds = timed(train_batches(replace(cfg, num_workers=2, device="cpu")), count, 0.0)
+    out["loader_samples_per_s_workers_2_stored_dtype_shipped"] = round(samples / seconds, 1)
+    memory = list(itertools.islice(train_batches(cfg), count + 1))
+    out["memory_samples_per_s"] = round(samples / timed(iter(memory), count, 0.0), 1)
+    step_s = step_ms / 1e3
+    with_loader = timed(train_batches(replace(cfg, num_workers=2)), count, step_s)
+    with_memory = timed(iter(memory), count, step_s)
+    out["emulated_step_ms"] = step_ms
+    out["steps_per_s_loader_workers_2"] = round(count / with_loader, 2)
+    out["steps_per_s_memory"] = round(count / with_memory, 2)
+    out["step_ratio"] = round(with_memory / with_loader, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("loader", __doc__)
+    parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--global-batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
+    parser.add_argument("--step-ms", type=float, default=100.0, help="emulated accelerator step per batch")
+    parser.add_argument("--skip-real-sizes", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device("cpu")  # the loader is CPU work; batches are moved to the device by the trainer
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        dataset = synthetic_dataset(root / "tiny", args.images, args.size, 32)
+        teachers = {name: load_teacher(name, "tiny", device=device) for name in FIVE}
+        jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in FIVE)
+        run_extraction(ExtractConfig(dataset, jobs, progress=False), teachers, DistInfo())
+        compute_stats(StatsConfig(dataset, FIVE, "train", root / "stats_tiny"))
+        cfg = LoaderConfig(
+            dataset,
+            FIVE,
+            root / "stats_tiny",
+            global_batch=args.global_batch,
+            num_streams=2,
+            shuffle_buffer=64,
+        )
+        results["tiny_teachers_int8"] = run(cfg, args.batches, args.step_ms)
+        if not args.skip_real_sizes:
+            real = synthetic_dataset(root / "real", args.images, args.size, 32)
+            add_real_size_features(real)
+            compute_stats(StatsConfig(real, FIVE, "train", root / "stats_real"))
+            cfg = replace(cfg, dataset=real, stats_dir=root / "stats_real")
+            results["real_sizes_int8_synthetic_features"] = run(cfg, args.batches, args.step_ms)
+    result = {
+        "benchmark": "loader",
+        "machine": machine(device),
+        "images": args.images,
+        "canonical_size": args.size,
+        "global_batch": args.global_batch,
+        "num_streams": 2,
+        "target_step_ratio": 0.95,
+        "results": results,
+    }
+    write_result(args.output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

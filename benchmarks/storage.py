@@ -1,0 +1,175 @@
+"""Bytes per sample per teacher and storage dtype, fidelity vs fp32, and the real-size extrapolation.
+
+Measured (tiny teachers, synthetic scenes): the exact bytes of the stored feature shards per
+sample (safetensors blob + tar member overhead) for fp16, bf16 and int8, and the per-token cosine
+of the stored features against the teacher's fp32 output (min, 0.1% quantile and mean over all
+tokens). A stress row uses synthetic features with a few outlier channels (like the massive
+activations of large ViTs) to show what per-channel int8 scales buy over one scale per sample.
+SAM's optional area-downsampled grid is measured against the full grid (upsampled back, nearest).
+
+Extrapolated: bytes per image for the five teachers at their real output sizes (encoding zero
+tensors of those shapes through the same code), against Theia's ~4.2 MB per image.
+
+    python benchmarks/storage.py --output benchmarks/results/storage.json
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import FIVE, base_parser, device_of, machine, write_result
+from distill.data.codec import area_downsample, decode_sample, encode_batch
+from distill.data.shards import write_shard
+from distill.synthetic import render_scene
+from distill.teachers import load_teacher
+from distill.teachers.base import TeacherOutput
+
+THEIA_BYTES_PER_IMAGE = 4.2e6
+# Real output sizes of the default teachers: (grid, channels, cls channels). CLIP ViT-L-14 tokens are
+# 1024 wide with a 768 projected CLS; Depth-Anything-V2-Small's four 384-wide maps give 1536 channels.
+REAL_SIZES: dict[str, tuple[tuple[int, int], int, int | None]] = {
+    "clip": ((16, 16), 1024, 768),
+    "dinov2": ((16, 16), 1024, 1024),
+    "mae": ((14, 14), 1024, 1024),
+    "sam": ((64, 64), 256, None),
+    "depth_anything": ((16, 16), 1536, None),
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "all bf16 (Theia-like)": {"storage": "bf16"},
+    "all fp16": {"storage": "fp16"},
+    "all int8": {"storage": "int8"},
+    "all int8, sam 32x32": {"storage": "int8", "sam_grid": (32, 32)},
+    "all int8, sam 16x16": {"storage": "int8", "sam_grid": (16, 16)},
+}
+
+
+def stored_bytes(name: str, keys: list[str], out: TeacherOutput, storage: str) -> tuple[float, list[bytes]]:
+    """Bytes per sample of a real feature shard holding these samples, and the blobs."""
+    blobs = encode_batch(keys, name, out.patch, out.cls, storage)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "shard.tar"
+        with write_shard(path) as sink:
+            for key, blob in zip(keys, blobs, strict=True):
+                sink.write(key, {f"{name}.safetensors": blob})
+        return path.stat().st_size / len(keys), blobs
+
+
+def cosine_summary(stored: torch.Tensor, original: torch.Tensor) -> dict[str, float]:
+    cos = F.cosine_similarity(
+        stored.reshape(-1, stored.shape[-1]).double(),
+        original.reshape(-1, original.shape[-1]).double(),
+        dim=-1,
+    )
+    return {
+        "min": round(float(cos.min()), 6),
+        "q001": round(float(torch.quantile(cos, 0.001)), 6),
+        "mean": round(float(cos.mean()), 6),
+    }
+
+
+def measure_teacher(name: str, keys: list[str], out: TeacherOutput) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for storage in ("fp16", "bf16", "int8"):
+        per_sample, blobs = stored_bytes(name, keys, out, storage)
+        patch = torch.stack([decode_sample(b, name).patch for b in blobs])
+        rows[storage] = {
+            "bytes_per_sample": round(per_sample, 1),
+            "patch_cosine": cosine_summary(patch, out.patch),
+        }
+    return rows
+
+
+def outlier_stress(samples: int = 16) -> dict[str, Any]:
+    """Features with 4 outlier channels 100x larger in some tokens: per-channel vs per-sample int8 scales."""
+    gen = torch.Generator().manual_seed(0)
+    patch = torch.randn(samples, 16, 16, 256, generator=gen)
+    patch[:, :, :, :4] *= 100.0 * (torch.rand(samples, 16, 16, 1, generator=gen) > 0.9)
+    patch[:, :, :, :4] += torch.randn(samples, 16, 16, 4, generator=gen)
+    keys = [f"s{i}" for i in range(samples)]
+    blobs = encode_batch(keys, "stress", patch, None, "int8")
+    per_channel = torch.stack([decode_sample(b, "stress").patch for b in blobs])
+    scale = patch.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    per_sample = torch.round(patch / scale) * scale
+    return {
+        "int8_per_sample_per_channel_scales": cosine_summary(per_channel, patch),
+        "int8_one_scale_per_sample": cosine_summary(per_sample, patch),
+    }
+
+
+def sam_grid_fidelity(out: TeacherOutput, grid: tuple[int, int]) -> dict[str, float]:
+    small = area_downsample(out.patch, grid)
+    back = F.interpolate(small.permute(0, 3, 1, 2), size=out.patch.shape[1:3], mode="nearest").permute(
+        0, 2, 3, 1
+    )
+    return cosine_summary(back, out.patch)
+
+
+def real_size_bytes() -> dict[str, Any]:
+    """Bytes per image for the five teachers at real sizes, per storage configuration."""
+    result: dict[str, Any] = {}
+    for label, config in CONFIGS.items():
+        per_teacher = {}
+        for name, (grid, channels, cls_channels) in REAL_SIZES.items():
+            if name == "sam" and "sam_grid" in config:
+                grid = config["sam_grid"]
+            out = TeacherOutput(
+                torch.zeros(1, *grid, channels),
+                None if cls_channels is None else torch.zeros(1, cls_channels),
+            )
+            per_teacher[name], _ = stored_bytes(name, ["k"], out, config["storage"])
+        total = sum(per_teacher.values())
+        result[label] = {
+            "bytes_per_teacher": {k: int(v) for k, v in per_teacher.items()},
+            "bytes_per_image": int(total),
+            "megabytes_per_image": round(total / 1e6, 3),
+            "fraction_of_theia": round(total / THEIA_BYTES_PER_IMAGE, 3),
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("storage", __doc__)
+    parser.add_argument("--samples", type=int, default=32)
+    args = parser.parse_args(argv)
+    device = device_of(args.device)
+    images = torch.from_numpy(np.stack([np.asarray(render_scene(i, (64, 64))) for i in range(args.samples)]))
+    images = images.permute(0, 3, 1, 2).contiguous().to(device)
+    keys = [f"s{i:04d}" for i in range(args.samples)]
+    measured, sam_rows = {}, {}
+    for name in FIVE:
+        teacher = load_teacher(name, "tiny", device=device)
+        out = teacher(images).to("cpu")
+        measured[name] = {
+            "grid": list(teacher.spec.grid),
+            "channels": teacher.spec.channels,
+            **measure_teacher(name, keys, out),
+        }
+        if name == "sam":
+            h, w = teacher.spec.grid
+            sam_rows = {f"{h // 2}x{w // 2}": sam_grid_fidelity(out, (h // 2, w // 2))}
+    result = {
+        "benchmark": "storage",
+        "machine": machine(device),
+        "samples": args.samples,
+        "measured_tiny_teachers": measured,
+        "int8_outlier_stress": outlier_stress(),
+        "sam_area_downsampled_grid_cosine_vs_full_grid": sam_rows,
+        "real_size_extrapolation": real_size_bytes(),
+        "theia_bytes_per_image": THEIA_BYTES_PER_IMAGE,
+        "real_sizes": {
+            k: {"grid": list(g), "channels": c, "cls_channels": cc} for k, (g, c, cc) in REAL_SIZES.items()
+        },
+        "note": "bytes include the safetensors header and the tar member header and padding; the image JPEG is not counted",
+    }
+    write_result(args.output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""One sample's teacher features as a safetensors blob: ``<key>.<teacher>.safetensors``.
+
+Tensors per blob (see docs/dataset_format.md):
+
+* ``patch``: ``[h, w, C]`` in the storage dtype (``float16``, ``bfloat16`` or ``int8``);
+* ``patch_scale``: ``[C]`` float32, int8 storage only: per-sample, per-channel absmax / 127,
+  so ``patch_float = patch_int8 * patch_scale``;
+* ``cls``: ``[C_cls]`` when the teacher has a summary vector (``float16`` under int8 storage,
+  it is a few bytes next to the grid, else the storage dtype).
+
+Metadata (``__metadata__``): ``format``, ``version``, ``key``, ``teacher``, ``storage``. Readers
+check the key inside the blob against the tar member name, a second guard against misalignment.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+StorageDtype = Literal["fp16", "bf16", "int8"]
+STORAGE_DTYPES: tuple[StorageDtype, ...] = ("fp16", "bf16", "int8")
+FEATURE_FORMAT = "distill-features"
+FEATURE_VERSION = "1"
+FP16_MAX = 65504.0
+INT8_LEVELS = 127
+_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def check_storage(value: str) -> StorageDtype:
+    if value not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {value!r}; use one of {', '.join(STORAGE_DTYPES)}")
+    return cast(StorageDtype, value)
+
+
+@dataclass
+class SampleFeatures:
+    """Features of one sample, dequantised to float32."""
+
+    key: str
+    teacher: str
+    storage: StorageDtype
+    patch: torch.Tensor  # [h, w, C] float32
+    cls: torch.Tensor | None  # [C_cls] float32
+
+
+def area_downsample(patch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, h, w, C]`` -> ``[B, gh, gw, C]``, each output token the mean of the input tokens it covers."""
+    if tuple(patch.shape[1:3]) == grid:
+        return patch
+    if grid[0] > patch.shape[1] or grid[1] > patch.shape[2]:
+        raise ValueError(
+            f"stored grid {grid} is larger than the teacher grid {tuple(patch.shape[1:3])}; it can only shrink"
+        )
+    pooled = F.adaptive_avg_pool2d(patch.permute(0, 3, 1, 2).float(), grid)
+    return pooled.permute(0, 2, 3, 1).contiguous()
+
+
+def quantize_int8(patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, h, w, C]`` float -> int8 values and per-sample per-channel scales ``[B, C]`` (float32)."""
+    x = patch.float()
+    scale = x.abs().amax(dim=(1, 2)) / INT8_LEVELS  # [B, C]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(x / safe[:, None, None, :]).clamp_(-INT8_LEVELS, INT8_LEVELS).to(torch.int8)
+    return q, scale
+
+
+def _cast_float(x: torch.Tensor, storage: StorageDtype, what: str) -> torch.Tensor:
+    dtype = torch.float16 if storage == "int8" else _TORCH_DTYPES[storage]
+    if dtype == torch.float16 and x.numel() and float(x.abs().max()) > FP16_MAX:
+        raise ValueError(
+            f"{what}: values up to {float(x.abs().max()):.4g} overflow float16; store this teacher as bf16 or int8"
+        )
+    return x.to(dtype)
+
+
+def encode_batch(
+    keys: list[str], teacher: str, patch: torch.Tensor, cls: torch.Tensor | None, storage: StorageDtype
+) -> list[bytes]:
+    """A batch of float features -> one safetensors blob per sample, in ``keys`` order.
+
+    Checks and quantisation run on the features' own device; only the stored values move to CPU.
+    """
+    check_storage(storage)
+    if patch.shape[0] != len(keys) or (cls is not None and cls.shape[0] != len(keys)):
+        raise ValueError(
+            f"teacher {teacher!r}: {len(keys)} keys for a batch of {patch.shape[0]} feature rows"
+        )
+    patch, cls = patch.detach(), None if cls is None else cls.detach()
+    for name, tensor in (("patch", patch), ("cls", cls)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor.reshape(len(keys), -1))).any(1).nonzero()[0])
+            raise ValueError(f"teacher {teacher!r} produced non-finite {name} features for key {keys[bad]!r}")
+    what = f"teacher {teacher!r}"
+    if storage == "int8":
+        values, scales = quantize_int8(patch)
+    else:
+        values, scales = _cast_float(patch, storage, what), None
+    cls_stored = None if cls is None else _cast_float(cls, storage, what).cpu()
+    values, scales = values.cpu(), None if scales is None else scales.cpu()
+    blobs = []
+    for i, key in enumerate(keys):
+        tensors = {"patch": values[i].contiguous()}
+        if scales is not None:
+            tensors["patch_scale"] = scales[i].contiguous()
+        if cls_stored is not None:
+            tensors["cls"] = cls_stored[i].contiguous()
+        metadata = {
+            "format": FEATURE_FORMAT,
+            "version": FEATURE_VERSION,
+            "key": key,
+            "teacher": teacher,
+            "storage": storage,
+        }
+        blobs.append(st_save(tensors, metadata=metadata))
+    return blobs
+
+
+def read_metadata(blob: bytes, where: str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (the header is JSON after an 8-byte length)."""
+    if len(blob) < 8:
+        raise ValueError(f"{where}: {len(blob)} bytes is too short for a safetensors blob")
+    (length,) = struct.unpack("<Q", blob[:8])
+    if length > len(blob) - 8:
+        raise ValueError(f"{where}: safetensors header says {length} bytes but the blob has {len(blob) - 8}")
+    try:
+        header = json.loads(blob[8 : 8 + length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: safetensors header is not JSON ({exc})") from exc
+    metadata = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+@dataclass
+class StoredFeatures:
+    """Features of one sample as stored (no float conversion yet): cheap to batch and to ship."""
+
+    key: str
+    teacher: str
+    storage: StorageDtype
+    patch: torch.Tensor  # [h, w, C] in the storage dtype
+    scale: torch.Tensor | None  # [C] float32 (int8 only)
+    cls: torch.Tensor | None  # [C_cls] float16/bfloat16
+
+    def dequantize(self) -> SampleFeatures:
+        patch = self.patch.float() if self.scale is None else self.patch.float() * self.scale
+        return SampleFeatures(
+            self.key, self.teacher, self.storage, patch, None if self.cls is None else self.cls.float()
+        )
+
+
+def parse_sample(blob: bytes, where: str) -> StoredFeatures:
+    """Parse and check one blob; ``where`` (shard and key) names the culprit in every error."""
+    metadata = read_metadata(blob, where)
+    if metadata.get("format") != FEATURE_FORMAT:
+        raise ValueError(
+            f"{where}: not a {FEATURE_FORMAT} blob (metadata {metadata}); re-extract this teacher"
+        )
+    storage = check_storage(metadata.get("storage", "?"))
+    try:
+        tensors = st_load(blob)
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{where}: corrupt safetensors blob ({exc}); re-extract this shard") from exc
+    if "patch" not in tensors:
+        raise ValueError(f"{where}: blob has no 'patch' tensor (has {sorted(tensors)})")
+    stored = tensors["patch"]
+    if stored.dtype != _TORCH_DTYPES[storage] or stored.ndim != 3:
+        raise ValueError(
+            f"{where}: patch is {stored.dtype} {tuple(stored.shape)}, expected {storage} [h, w, C]"
+        )
+    scale = None
+    if storage == "int8":
+        if "patch_scale" not in tensors:
+            raise ValueError(f"{where}: int8 blob without 'patch_scale'")
+        scale = tensors["patch_scale"]
+        if scale.dtype != torch.float32 or scale.shape != (stored.shape[-1],):
+            raise ValueError(
+                f"{where}: patch_scale {scale.dtype} {tuple(scale.shape)} does not fit {stored.shape[-1]} channels"
+            )
+    return StoredFeatures(
+        metadata.get("key", ""), metadata.get("teacher", ""), storage, stored, scale, tensors.get("cls")
+    )
+
+
+def decode_sample(blob: bytes, where: str) -> SampleFeatures:
+    """Parse and dequantise one blob to float32."""
+    return parse_sample(blob, where).dequantize()

@@ -1,0 +1,513 @@
+"""Teacher features for every image shard: ``<dataset>/<teacher>/<split>-NNNNNN.tar``.
+
+Each feature shard has the same name and the same key order as its image shard. Under torchrun,
+rank r takes shards r, r+W, r+2W, ... of the requested splits' shards listed in manifest order.
+Shards are written atomically, so a feature shard under its final name is complete; a rerun
+removes stale temporary files of a killed run, skips shards whose keys already equal the image
+shard's, and redoes the rest. Rank 0 alone writes the manifest (under its lock), after every
+rank reported success: the teacher's spec, storage dtype and stored grid, and the splits that
+are complete. Run as ``torchrun --nproc_per_node N -m distill.data.extract ...`` or without
+torchrun; scripts/preprocessing/feature_extraction.py is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from distill.data import dist
+from distill.data.background import background
+from distill.data.codec import STORAGE_DTYPES, StorageDtype, area_downsample, check_storage, encode_batch
+from distill.data.decode import decode_view
+from distill.data.manifest import (
+    IMAGES_DIR,
+    Manifest,
+    ShardInfo,
+    TeacherRecord,
+    load_manifest,
+    update_manifest,
+)
+from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, write_shard
+from distill.teachers.base import Teacher, TeacherOutput
+from distill.teachers.registry import Source, get_entry, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherJob:
+    """One teacher to extract: how to build it and how to store its features."""
+
+    name: str
+    source: Source = "tiny"
+    weights: str | None = None  # hub id, local directory or checkpoint file (source="hub")
+    storage: StorageDtype = "fp16"
+    stored_grid: tuple[int, int] | None = None  # area-downsample the patch grid to this (e.g. SAM)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: Path
+    teachers: tuple[TeacherJob, ...]
+    splits: tuple[str, ...] = ()  # empty: every split in the manifest
+    batch_size: int = 64
+    device: str | None = None  # default: cuda:LOCAL_RANK when present, else cpu
+    decode_threads: int = 1  # JPEG decoding threads feeding the teachers
+    overwrite: bool = False  # re-extract from scratch (deletes these teachers' shards of these splits)
+    progress: bool = True
+
+
+@dataclass
+class ExtractReport:
+    rank: int
+    shards_written: int = 0
+    shards_skipped: int = 0
+    samples: int = 0  # samples that went through the teachers
+    seconds: float = 0.0
+    written: list[str] = field(default_factory=list)
+
+
+def make_record(job: TeacherJob, teacher: Teacher) -> TeacherRecord:
+    spec = teacher.spec
+    if spec.name != job.name:
+        raise ValueError(f"teacher built for {job.name!r} reports spec name {spec.name!r}")
+    grid = job.stored_grid or spec.grid
+    if grid[0] > spec.grid[0] or grid[1] > spec.grid[1] or min(grid) < 1:
+        raise ValueError(
+            f"teacher {job.name!r}: stored grid {grid} must be between 1x1 and its grid {spec.grid}"
+        )
+    weights = job.weights if job.source == "tiny" or job.weights else get_entry(job.name).default_weights
+    return TeacherRecord(spec, job.storage, grid, job.source, weights)
+
+
+def extract_features(cfg: ExtractConfig) -> ExtractReport:
+    """Build the requested teachers (on this rank's device) and extract; see the module docstring."""
+    info = dist.current()
+    device = dist.default_device(info, cfg.device)
+    teachers = {job.name: load_teacher(job.name, job.source, job.weights, device) for job in cfg.teachers}
+    return run_extraction(cfg, teachers, info)
+
+
+def run_extraction(cfg: ExtractConfig, teachers: Mapping[str, Teacher], info: dist.DistInfo) -> ExtractReport:
+    """Extract with already built teachers (the benchmark times these same modules bare)."""
+    if not cfg.teachers:
+        raise ValueError("no teacher to extract; name at least one")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    manifest = load_manifest(cfg.dataset)
+    splits = cfg.splits or tuple(manifest.splits)
+    for split in splits:
+        manifest.split(split, cfg.dataset)
+    records = {job.name: make_record(job, teachers[job.name]) for job in cfg.teachers}
+    _register(cfg, manifest, records, splits, info)
+    items = [(split, shard) for split in splits for shard in manifest.split(split).shards]
+    mine = items[info.rank :: info.world_size]
+    report = ExtractReport(info.rank)
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        with tqdm(
+            total=sum(shard.count for _, shard in mine),
+            unit="img",
+            desc=f"extract {'+'.join(records)}",
+            disable=not (cfg.progress and info.is_main),
+            dynamic_ncols=True,
+        ) as bar:
+            tasks = []
+            for _split, shard in mine:
+                task = _plan(cfg, shard, records)
+                if task.pending:
+                    tasks.append(task)
+                else:
+                    report.shards_skipped += 1
+                    bar.update(shard.count)
+            _run_tasks(cfg, manifest, tasks, teachers, records, report, bar)
+    except Exception as exc:  # every rank must reach the collective below, then all fail together
+        error = exc
+    report.seconds = time.perf_counter() - start
+    if not dist.all_ok(info, error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError("feature extraction failed on another rank (see its log); rerun to resume")
+    if info.is_main:
+        update_manifest(cfg.dataset, lambda m: _mark_complete(m, records, splits))
+    dist.barrier(info)
+    log.info(
+        "rank %d: %d shards written, %d already complete, %d samples in %.1fs",
+        info.rank,
+        report.shards_written,
+        report.shards_skipped,
+        report.samples,
+        report.seconds,
+    )
+    return report
+
+
+def _register(
+    cfg: ExtractConfig,
+    manifest: Manifest,
+    records: dict[str, TeacherRecord],
+    splits: tuple[str, ...],
+    info: dist.DistInfo,
+) -> None:
+    """Refuse to mix differently produced features; rank 0 records the teachers before any shard is written."""
+    conflicts = {
+        n for n, r in records.items() if n in manifest.teachers and not manifest.teachers[n].same_features(r)
+    }
+    if conflicts and not cfg.overwrite:
+        name = sorted(conflicts)[0]
+        raise ValueError(
+            f"{cfg.dataset}: features of teacher {name!r} were extracted differently "
+            f"(manifest: {manifest.teachers[name].to_dict()}, now: {records[name].to_dict()}); "
+            "pass --overwrite to replace them, or extract into another dataset"
+        )
+    if info.is_main:
+        for name in records:
+            folder = cfg.dataset / name
+            if name in conflicts:
+                doomed = list(folder.glob("*.tar"))
+            elif cfg.overwrite:
+                doomed = [folder / shard.name for split in splits for shard in manifest.split(split).shards]
+            else:
+                doomed = []
+            for path in doomed:
+                path.unlink(missing_ok=True)
+        update_manifest(
+            cfg.dataset, lambda m: _record_teachers(m, records, conflicts, splits if cfg.overwrite else ())
+        )
+    dist.barrier(info)
+
+
+def _record_teachers(
+    manifest: Manifest, records: dict[str, TeacherRecord], conflicts: set[str], redo: tuple[str, ...]
+) -> Manifest:
+    teachers = dict(manifest.teachers)
+    for name, record in records.items():
+        old = () if name in conflicts or name not in teachers else teachers[name].complete_splits
+        teachers[name] = replace(record, complete_splits=tuple(s for s in old if s not in redo))
+    return replace(manifest, teachers=teachers)
+
+
+def _mark_complete(
+    manifest: Manifest, records: dict[str, TeacherRecord], splits: tuple[str, ...]
+) -> Manifest:
+    teachers = dict(manifest.teachers)
+    for name in records:
+        done = teachers[name].complete_splits
+        teachers[name] = replace(teachers[name], complete_splits=tuple(sorted({*done, *splits})))
+    return replace(manifest, teachers=teachers)
+
+
+def _is_complete(path: Path, keys: list[str]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return list_keys(path) == keys
+    except ShardError as exc:
+        log.warning("redoing %s: %s", path, exc)
+        return False
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of a killed run (distill.io.atomic_path names them ``.<name>.*.tmp``)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.info("removing %s, left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
+
+
+def decode_batches(
+    path: Path, size: int, batch_size: int, threads: int
+) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """(keys, uint8 [B, 3, S, S]) batches of one image shard, in shard order."""
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        pending: list[tuple[str, bytes]] = []
+        for sample in iter_shard(path):
+            if "jpg" not in sample.files:
+                raise ShardError(
+                    f"{path}: key {sample.key!r} has no .jpg member; rebuild the image shard with organize"
+                )
+            pending.append((sample.key, sample.files["jpg"]))
+            if len(pending) == batch_size:
+                yield _decode(pending, path, size, pool)
+                pending = []
+        if pending:
+            yield _decode(pending, path, size, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _decode(
+    pending: list[tuple[str, bytes]], path: Path, size: int, pool: ThreadPoolExecutor | None
+) -> tuple[list[str], torch.Tensor]:
+    def one(item: tuple[str, bytes]) -> torch.Tensor:
+        return decode_view(item[1], size, f"{path} key {item[0]!r}")
+
+    views = list(pool.map(one, pending)) if pool is not None else [one(item) for item in pending]
+    return [key for key, _ in pending], torch.stack(views)
+
+
+def _write_batch(
+    sinks: dict[str, ShardSink],
+    records: dict[str, TeacherRecord],
+    keys: list[str],
+    outputs: dict[str, TeacherOutput],
+) -> None:
+    with torch.inference_mode():
+        for name, out in outputs.items():
+            record = records[name]
+            patch = area_downsample(out.patch, record.stored_grid)
+            blobs = encode_batch(keys, name, patch, out.cls, record.storage)
+            for key, blob in zip(keys, blobs, strict=True):
+                sinks[name].write(key, {f"{name}.safetensors": blob})
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    shard: ShardInfo
+    pending: tuple[str, ...]  # teachers whose feature shard must be (re)written
+
+
+def _plan(cfg: ExtractConfig, shard: ShardInfo, records: dict[str, TeacherRecord]) -> _ShardTask:
+    """Which teachers still need this shard. Image keys are listed only to verify an existing feature shard."""
+    image_path = cfg.dataset / IMAGES_DIR / shard.name
+    keys: list[str] | None = None
+    pending = []
+    for name in records:
+        target = cfg.dataset / name / shard.name
+        _remove_stale_temporaries(target)
+        if target.exists():
+            if keys is None:
+                keys = list_keys(image_path)
+                if len(keys) != shard.count:
+                    raise ShardError(
+                        f"{image_path}: {len(keys)} samples but the manifest says {shard.count}; rebuild the dataset with organize",
+                        image_path,
+                    )
+            if _is_complete(target, keys):
+                continue
+        pending.append(name)
+    return _ShardTask(shard, tuple(pending))
+
+
+class _OpenShard:
+    """The feature shards being written for one image shard (one per pending teacher)."""
+
+    def __init__(self, cfg: ExtractConfig, task: _ShardTask) -> None:
+        self.task, self.image_path = task, cfg.dataset / IMAGES_DIR / task.shard.name
+        self.stack = ExitStack()
+        self.sinks = {
+            name: self.stack.enter_context(write_shard(cfg.dataset / name / task.shard.name))
+            for name in task.pending
+        }
+        self.keys: list[str] = []
+        self.in_flight: list[Future[None]] = []
+
+    def submit(
+        self,
+        writer: ThreadPoolExecutor,
+        records: dict[str, TeacherRecord],
+        keys: list[str],
+        outputs: dict[str, TeacherOutput],
+    ) -> None:
+        self.keys += keys
+        while len(self.in_flight) >= 2:
+            self.in_flight.pop(0).result()
+        self.in_flight.append(writer.submit(_write_batch, self.sinks, records, keys, outputs))
+
+    def finish(self) -> list[Path]:
+        """Wait for the writes, verify the keys, and rename the shards into place."""
+        for future in self.in_flight:
+            future.result()
+        if len(self.keys) != self.task.shard.count:
+            raise ShardError(
+                f"{self.image_path}: {len(self.keys)} samples but the manifest says {self.task.shard.count}; "
+                "rebuild the dataset with organize",
+                self.image_path,
+            )
+        for sink in self.sinks.values():
+            if sink.keys != self.keys:
+                raise ShardError(
+                    f"{sink.path}: wrote {len(sink.keys)} keys for {len(self.keys)} samples; rerun to redo it",
+                    sink.path,
+                )
+        self.stack.close()
+        return [sink.path for sink in self.sinks.values()]
+
+    def abort(self, exc: BaseException) -> None:
+        """Drop the unfinished shards (their temporary files go; nothing appears under a final name)."""
+        for future in self.in_flight:
+            future.exception()
+        self.stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _task_batches(
+    cfg: ExtractConfig, size: int, tasks: list[_ShardTask]
+) -> Iterator[tuple[_ShardTask, list[str], torch.Tensor]]:
+    for task in tasks:
+        for keys, images in decode_batches(
+            cfg.dataset / IMAGES_DIR / task.shard.name, size, cfg.batch_size, cfg.decode_threads
+        ):
+            yield task, keys, images
+
+
+def _run_tasks(
+    cfg: ExtractConfig,
+    manifest: Manifest,
+    tasks: list[_ShardTask],
+    teachers: Mapping[str, Teacher],
+    records: dict[str, TeacherRecord],
+    report: ExtractReport,
+    bar: tqdm,
+) -> None:
+    """Decode (a thread, running ahead across shard boundaries) -> forward (here) -> encode and write (a thread)."""
+    current: _OpenShard | None = None
+    with ThreadPoolExecutor(1) as writer:
+        try:
+            for task, keys, images in background(_task_batches(cfg, manifest.canonical_size, tasks), depth=3):
+                if current is None or current.task is not task:
+                    if current is not None:
+                        report.written += [str(p) for p in current.finish()]
+                        report.shards_written += 1
+                    current = _OpenShard(cfg, task)
+                outputs = {name: teachers[name](images) for name in task.pending}
+                current.submit(writer, records, keys, outputs)
+                report.samples += len(keys)
+                bar.update(len(keys))
+            if current is not None:
+                report.written += [str(p) for p in current.finish()]
+                report.shards_written += 1
+        except BaseException as exc:
+            if current is not None:
+                current.abort(exc)
+            raise
+
+
+def parse_assignments(values: list[str], what: str) -> dict[str, str]:
+    """``["sam=32x32", ...]`` -> ``{"sam": "32x32"}`` with an error naming the bad entry."""
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"{what}: expected NAME=VALUE, got {value!r}")
+        out[name] = rest
+    return out
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit():
+        raise ValueError(f"grid must look like 32x32, got {text!r}")
+    return int(h), int(w)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("dataset", type=Path, help="dataset folder holding manifest.json")
+    parser.add_argument(
+        "--teachers", nargs="+", required=True, help="registry names, e.g. clip dinov2 mae sam depth_anything"
+    )
+    parser.add_argument(
+        "--source", choices=["tiny", "hub"], default="hub", help="tiny: offline miniatures; hub: real weights"
+    )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="weights (hub id, dir or file) per teacher",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=STORAGE_DTYPES,
+        default="fp16",
+        help="storage dtype of every teacher (default fp16)",
+    )
+    parser.add_argument(
+        "--storage-for",
+        action="append",
+        default=[],
+        metavar="NAME=DTYPE",
+        help="per-teacher storage override",
+    )
+    parser.add_argument(
+        "--stored-grid",
+        action="append",
+        default=[],
+        metavar="NAME=HxW",
+        help="area-downsample a teacher's grid",
+    )
+    parser.add_argument("--splits", nargs="*", default=[], help="splits to extract (default: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when present, else cpu")
+    parser.add_argument("--decode-threads", type=int, default=1, help="JPEG decoding threads")
+    parser.add_argument("--overwrite", action="store_true", help="re-extract these teachers from scratch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    weights = parse_assignments(args.weights, "--weights")
+    storage = {k: check_storage(v) for k, v in parse_assignments(args.storage_for, "--storage-for").items()}
+    grids = {k: parse_grid(v) for k, v in parse_assignments(args.stored_grid, "--stored-grid").items()}
+    unknown = (set(weights) | set(storage) | set(grids)) - set(args.teachers)
+    if unknown:
+        raise ValueError(
+            f"options name teachers that are not extracted: {sorted(unknown)}; add them to --teachers"
+        )
+    if weights and args.source == "tiny":
+        raise ValueError("--weights needs --source hub (tiny teachers are built from random weights)")
+    jobs = tuple(
+        TeacherJob(name, args.source, weights.get(name), storage.get(name, args.storage), grids.get(name))
+        for name in args.teachers
+    )
+    return ExtractConfig(
+        dataset=args.dataset,
+        teachers=jobs,
+        splits=tuple(args.splits),
+        batch_size=args.batch_size,
+        device=args.device,
+        decode_threads=args.decode_threads,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    info = dist.init_distributed()
+    try:
+        report = extract_features(cfg)
+    finally:
+        dist.close_distributed()
+    if info.is_main:
+        print(
+            json.dumps(
+                {
+                    "rank": report.rank,
+                    "written": report.shards_written,
+                    "skipped": report.shards_skipped,
+                    "samples": report.samples,
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Tar shards: atomic writing with webdataset's TarWriter, strict streaming reads by key.
+
+Every sample is a run of consecutive members ``<key>.<ext>`` (webdataset's naming: the key is
+the member name up to the first dot). Reading is strict where webdataset is lenient: a key that
+reappears later in the shard, a member whose name has no extension, or a truncated archive is an
+error naming the shard and the key. Samples a caller does not want are skipped without reading
+their bytes into memory (the resume path of the loader relies on this).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.writer import TarWriter
+
+from distill.data.keys import check_key
+from distill.io import atomic_path
+
+Want = Callable[[int, str], bool]  # (ordinal in shard, key) -> read this sample's bytes?
+
+
+def shard_name(split: str, index: int) -> str:
+    """``train-000003.tar``: the same name in images/ and in every teacher folder."""
+    return f"{split}-{index:06d}.tar"
+
+
+class ShardError(ValueError):
+    """A shard that cannot be used as it is: the message names the shard, the key and the fix.
+
+    ``path`` and ``key`` say the same for programs (the check command reports them).
+    """
+
+    def __init__(self, message: str, path: Path | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path, self.key = path, key
+
+
+@dataclass
+class ShardSample:
+    key: str
+    ordinal: int  # position in the shard, 0-based
+    files: dict[str, bytes] = field(default_factory=dict)  # ext -> bytes; empty when skipped
+
+
+class ShardSink:
+    """Appends samples to one open shard; refuses duplicate or unsafe keys."""
+
+    def __init__(self, writer: TarWriter, path: Path) -> None:
+        self._writer = writer
+        self.path = path
+        self.keys: list[str] = []
+        self._seen: set[str] = set()
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        check_key(key, str(self.path))
+        if key in self._seen:
+            raise ShardError(f"{self.path}: key {key!r} written twice", self.path, key)
+        self._seen.add(key)
+        self.keys.append(key)
+        self._writer.write({"__key__": key, **files})
+
+
+@contextmanager
+def write_shard(path: Path) -> Iterator[ShardSink]:
+    """Write a shard under a temporary name; it appears at ``path`` (fsynced) only when complete."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = TarWriter(
+            handle, encoder=False, mtime=0
+        )  # an int: a float mtime costs a 1 KiB PAX header per member
+        try:
+            yield ShardSink(writer, path)
+        except BaseException:
+            with suppress(Exception):  # the temporary file is discarded anyway; keep the first error
+                writer.close()
+            raise
+        writer.close()
+
+
+def split_member(name: str, path: Path) -> tuple[str, str]:
+    key, ext = base_plus_ext(name)
+    if key is None or ext is None:
+        raise ShardError(
+            f"{path}: member {name!r} is not named <key>.<ext>; this is not a distill shard", path
+        )
+    return key, ext
+
+
+class _Tracker:
+    """Called by webdataset for every member name: counts samples, checks keys, decides reads."""
+
+    def __init__(self, path: Path, want: Want | None) -> None:
+        self.path, self.want = path, want
+        self.ordinal, self.key = -1, ""
+        self.wanted = True
+        self.seen: set[str] = set()
+
+    def __call__(self, name: str) -> bool:
+        key, _ = split_member(name, self.path)
+        if key != self.key:
+            if key in self.seen:
+                raise ShardError(
+                    f"{self.path}: key {key!r} appears twice (again at sample {self.ordinal + 1})"
+                )
+            check_key(key, str(self.path))
+            self.seen.add(key)
+            self.ordinal, self.key = self.ordinal + 1, key
+            self.wanted = self.want is None or self.want(self.ordinal, key)
+        return self.wanted
+
+
+def iter_shard(path: Path, want: Want | None = None) -> Iterator[ShardSample]:
+    """Samples of one shard in order. Samples ``want`` rejects are not yielded and not read."""
+    yield from iter_shard_counted(path, want, [])
+
+
+def iter_shard_counted(path: Path, want: Want | None, total: list[int]) -> Iterator[ShardSample]:
+    """Like :func:`iter_shard`; on exhaustion appends the shard's full sample count to ``total``."""
+    if not path.is_file():
+        raise ShardError(
+            f"{path}: shard is missing; rerun the step that writes it (organize or feature_extraction)"
+        )
+    tracker = _Tracker(path, want)
+    current: ShardSample | None = None
+    try:
+        with open(path, "rb") as handle:
+            for member in tar_file_iterator(handle, select_files=tracker):
+                key, ext = split_member(member["fname"], path)
+                if current is None or current.key != key:
+                    if current is not None:
+                        yield current
+                    current = ShardSample(key, tracker.ordinal)
+                if ext in current.files:
+                    raise ShardError(f"{path}: key {key!r} has two {ext!r} members", path, key)
+                current.files[ext] = member["data"]
+    except ShardError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        where = (
+            f"in or after key {tracker.key!r} (sample {tracker.ordinal})" if tracker.key else "at the start"
+        )
+        detail = str(exc.args[0] if exc.args else exc).split(" @ <")[0]  # webdataset appends the file object
+        raise ShardError(
+            f"{path}: unreadable tar {where}: {detail}; "
+            "the shard is truncated or corrupt, delete it and rerun the step that writes it",
+            path,
+            tracker.key or None,
+        ) from exc
+    if current is not None:
+        yield current
+    total.append(tracker.ordinal + 1)
+
+
+def list_keys(path: Path) -> list[str]:
+    """Keys of a shard in order, from the tar headers only (seeks over the data)."""
+    keys: list[str] = []
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                key, _ = split_member(member.name, path)
+                if member.offset_data + member.size > size:
+                    raise ShardError(
+                        f"{path}: truncated inside key {key!r}; delete it and rerun the step that writes it"
+                    )
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ShardError(
+            f"{path}: unreadable tar ({exc}); delete it and rerun the step that writes it"
+        ) from exc
+    if len(set(keys)) != len(keys):
+        raise ShardError(f"{path}: a key appears in two separate runs of members; rebuild this shard", path)
+    return keys
+
+
+class SplitWriter:
+    """Writes one split as consecutive shards ``<split>-000000.tar``, ... of ``per_shard`` samples.
+
+    Use as a context manager; each shard appears atomically when it is full or on exit. On an
+    exception the open shard's temporary file is removed and the exception propagates.
+    """
+
+    def __init__(self, directory: Path, split: str, per_shard: int) -> None:
+        if per_shard < 1:
+            raise ValueError(f"samples per shard must be >= 1, got {per_shard}")
+        self.directory, self.split, self.per_shard = directory, split, per_shard
+        self.shards: list[tuple[str, int]] = []
+        self._stack = ExitStack()
+        self._sink: ShardSink | None = None
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        if self._sink is None:
+            name = shard_name(self.split, len(self.shards))
+            self._sink = self._stack.enter_context(write_shard(self.directory / name))
+        self._sink.write(key, files)
+        if len(self._sink.keys) == self.per_shard:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        assert self._sink is not None
+        name, count = self._sink.path.name, len(self._sink.keys)
+        self._stack.close()
+        self.shards.append((name, count))
+        self._sink = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            if self._sink is not None:
+                self._finish_shard()
+        else:
+            self._stack.__exit__(exc_type, exc, tb)

@@ -1,0 +1,249 @@
+"""Videos -> frame shards in the image-shard format (canonical view JPEG + JSON metadata).
+
+Keeps every ``every_n``-th decoded frame, or ``fps`` frames per second of presentation time.
+Each frame's metadata holds ``video_id``, ``frame_index`` (in decode order), ``timestamp``
+(seconds) and the video's ``fps``, so clips can be rebuilt in order (``distill.data.clips``).
+Frames of a video are written contiguously and in order; a video goes wholly to one split
+(``val`` when the hash of its path falls under ``val_fraction``). An unreadable video, one
+without a video stream or without any decodable frame goes to rejected.txt; a video whose
+decoding fails part way keeps the frames before the failure and is listed there too.
+Run as ``python -m distill.data.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+from PIL import Image
+
+from distill.data.dataset_dir import prepare_dataset_dir
+from distill.data.keys import make_keys, path_digest
+from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
+from distill.data.rejected import Rejection, write_rejections
+from distill.data.shards import SplitWriter
+from distill.geometry import canonical_view
+
+log = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"})
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    source: Path  # a video file or a folder of videos (any nesting)
+    dataset: Path
+    size: int = 224
+    quality: int = 95
+    samples_per_shard: int = 1000
+    every_n: int | None = None  # keep frames 0, n, 2n, ...
+    fps: float | None = None  # or keep this many frames per second
+    val_fraction: float = 0.0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.every_n is None) == (self.fps is None):
+            raise ValueError("give exactly one of every_n (keep every Nth frame) or fps (frames per second)")
+        if self.every_n is not None and self.every_n < 1:
+            raise ValueError(f"every_n must be >= 1, got {self.every_n}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    timestamp: float
+    image: Image.Image
+
+
+class FrameSelector:
+    """Decides, frame by frame, which decoded frames to keep."""
+
+    def __init__(self, every_n: int | None, fps: float | None) -> None:
+        self.every_n, self.period = every_n, None if fps is None else 1.0 / fps
+        self.next_time = 0.0
+
+    def keep(self, index: int, timestamp: float) -> bool:
+        if self.every_n is not None:
+            return index % self.every_n == 0
+        assert self.period is not None
+        if timestamp + 1e-6 < self.next_time:
+            return False
+        while self.next_time <= timestamp + 1e-6:
+            self.next_time += self.period
+        return True
+
+
+def video_fps(path: Path) -> float | None:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return None
+        rate = container.streams.video[0].average_rate
+        return None if rate is None else float(rate)
+
+
+def iter_frames(path: Path, selector: FrameSelector, fps: float | None) -> Iterator[Frame]:
+    """Decoded frames kept by ``selector``, in decode order. Raises av.FFmpegError on bad data."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        for index, frame in enumerate(container.decode(stream)):
+            timestamp = frame.time if frame.time is not None else index / (fps or 1.0)
+            if selector.keep(index, float(timestamp)):
+                yield Frame(index, float(timestamp), frame.to_image().convert("RGB"))
+
+
+def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
+    """Build ``cfg.dataset`` from the videos under ``cfg.source``; returns samples per split."""
+    if cfg.source.is_file():
+        root, files = cfg.source.parent, [cfg.source]
+    elif cfg.source.is_dir():
+        root, files = cfg.source, sorted(p for p in cfg.source.rglob("*") if p.is_file())
+    else:
+        raise FileNotFoundError(f"no video file or folder at {cfg.source}")
+    rejections: list[Rejection] = []
+    videos: list[tuple[str, Path]] = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            videos.append((rel, path))
+        else:
+            rejections.append(
+                Rejection("videos", rel, f"extension {path.suffix or '(none)'!r} is not a video extension")
+            )
+    video_ids = make_keys([rel for rel, _ in videos])
+    prepare_dataset_dir(cfg.dataset, cfg.overwrite)
+    by_split: dict[str, list[tuple[str, Path]]] = {}
+    for rel, path in videos:
+        split = "val" if int(path_digest(rel, 8), 16) / 16**8 < cfg.val_fraction else "train"
+        by_split.setdefault(split, []).append((rel, path))
+    splits: dict[str, SplitInfo] = {}
+    written: set[str] = set()
+    for split, members in sorted(by_split.items()):
+        with SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer:
+            for rel, path in members:
+                rejection = _write_video(writer, rel, path, video_ids[rel], split, cfg, written)
+                if rejection is not None:
+                    rejections.append(rejection)
+        if writer.shards:
+            splits[split] = SplitInfo(tuple(ShardInfo(name, count) for name, count in writer.shards))
+    if not splits:
+        raise ValueError(
+            f"no decodable video frame under {cfg.source} ({len(rejections)} rejected, see rejected.txt)"
+        )
+    rejections.sort(key=lambda r: r.source)
+    write_rejections(cfg.dataset, rejections)
+    sampling = {"every_n": cfg.every_n, "fps": cfg.fps}
+    save_manifest(
+        cfg.dataset,
+        Manifest(
+            cfg.dataset.name,
+            "videos",
+            str(root.resolve()),
+            cfg.size,
+            cfg.quality,
+            splits,
+            (),
+            len(rejections),
+            sampling,
+        ),
+    )
+    return {name: info.count for name, info in splits.items()}
+
+
+def _write_video(
+    writer: SplitWriter, rel: str, path: Path, video_id: str, split: str, cfg: VideoConfig, written: set[str]
+) -> Rejection | None:
+    """Append one video's kept frames; returns its rejection (unreadable, empty, cut short) or None."""
+    try:
+        fps = video_fps(path)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        return Rejection("videos", rel, f"unreadable video ({type(exc).__name__}: {exc})")
+    if fps is None:
+        return Rejection("videos", rel, "no video stream")
+    kept = 0
+    try:
+        for frame in iter_frames(path, FrameSelector(cfg.every_n, cfg.fps), fps):
+            key = f"{video_id}_f{frame.index:06d}"
+            if key in written:
+                raise ValueError(f"frame key {key!r} is produced twice; rename the video {rel!r}")
+            written.add(key)
+            buffer = io.BytesIO()
+            canonical_view(frame.image, cfg.size).save(buffer, format="JPEG", quality=cfg.quality)
+            meta = {
+                "key": key,
+                "source": rel,
+                "split": split,
+                "label": None,
+                "video_id": video_id,
+                "frame_index": frame.index,
+                "timestamp": frame.timestamp,
+                "fps": fps,
+                "width": frame.image.width,
+                "height": frame.image.height,
+            }
+            writer.add(key, {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()})
+            kept += 1
+    except (av.FFmpegError, OSError) as exc:
+        if kept == 0:
+            return Rejection("videos", rel, f"no decodable frame ({type(exc).__name__}: {exc})")
+        return Rejection(
+            "videos",
+            rel,
+            f"decoding failed after {kept} kept frames, which are kept ({type(exc).__name__}: {exc})",
+        )
+    if kept == 0:
+        return Rejection("videos", rel, "no decodable frame (zero frames in the video stream)")
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", type=Path, help="a video file or a folder of videos")
+    parser.add_argument("dataset", type=Path, help="output dataset folder, <root>/<dataset>")
+    keep = parser.add_mutually_exclusive_group(required=True)
+    keep.add_argument("--every-n", type=int, help="keep every Nth decoded frame")
+    keep.add_argument("--fps", type=float, help="keep this many frames per second")
+    parser.add_argument("--size", type=int, default=224, help="canonical view side in pixels (default 224)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.0, help="share of videos (by path hash) for val"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset (and its features)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    counts = subsample_videos(
+        VideoConfig(
+            source=args.source,
+            dataset=args.dataset,
+            size=args.size,
+            quality=args.quality,
+            samples_per_shard=args.samples_per_shard,
+            every_n=args.every_n,
+            fps=args.fps,
+            val_fraction=args.val_fraction,
+            overwrite=args.overwrite,
+        )
+    )
+    print(json.dumps({"dataset": str(args.dataset), "counts": counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

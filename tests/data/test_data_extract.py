@@ -1,0 +1,165 @@
+"""Feature extraction: alignment with the image shards, the manifest record, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIVE, JOBS, Built
+from distill.data.check import check_dataset
+from distill.data.codec import decode_sample, read_metadata
+from distill.data.dist import DistInfo
+from distill.data.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
+from distill.data.manifest import load_manifest
+from distill.data.organize import OrganizeConfig, organize_images
+from distill.data.shards import iter_shard, list_keys, write_shard
+from distill.teachers import Teacher
+
+
+def _all_shards(dataset: Path) -> list[str]:
+    return [s.name for info in load_manifest(dataset).splits.values() for s in info.shards]
+
+
+def _assert_one_entry_per_key(dataset: Path, teachers: tuple[str, ...] = FIVE) -> None:
+    for shard in _all_shards(dataset):
+        keys = list_keys(dataset / "images" / shard)
+        for name in teachers:
+            assert list_keys(dataset / name / shard) == keys, f"{name}/{shard}"
+    leftovers = [p for name in teachers for p in (dataset / name).iterdir() if p.suffix == ".tmp"]
+    assert not leftovers
+
+
+def test_feature_shards_mirror_image_shards_and_manifest(built: Built) -> None:
+    _assert_one_entry_per_key(built.dataset)
+    manifest = load_manifest(built.dataset)
+    for job in JOBS:
+        record = manifest.teachers[job.name]
+        assert (
+            record.storage == job.storage
+            and record.source == "tiny"
+            and record.complete_splits == ("train", "val")
+        )
+        assert record.stored_grid == (job.stored_grid or record.spec.grid)
+    assert manifest.teachers["sam"].spec.grid == (8, 8) and manifest.teachers["sam"].target_spec.grid == (
+        4,
+        4,
+    )
+
+
+def test_stored_features_equal_a_direct_forward(built: Built, tiny_teachers: dict[str, Teacher]) -> None:
+    shard = "val-000000.tar"
+    (keys, images), *_ = decode_batches(built.dataset / "images" / shard, 64, 64, 1)
+    for name, tolerance in (("mae", 2e-3), ("clip", 3e-2), ("dinov2", 2e-2)):
+        expected = tiny_teachers[name](images)
+        stored = [
+            decode_sample(s.files[f"{name}.safetensors"], s.key)
+            for s in iter_shard(built.dataset / name / shard)
+        ]
+        assert [s.key for s in stored] == keys
+        patch = torch.stack([s.patch for s in stored])
+        torch.testing.assert_close(
+            patch, expected.patch, atol=tolerance * float(expected.patch.abs().max()), rtol=0
+        )
+
+
+def test_rerun_skips_complete_shards(built: Built, tiny_teachers: dict[str, Teacher], tmp_path: Path) -> None:
+    dataset = tmp_path / "ds"
+    shutil.copytree(built.dataset, dataset)
+    report = run_extraction(
+        ExtractConfig(dataset, JOBS, batch_size=4, progress=False), tiny_teachers, DistInfo()
+    )
+    assert (
+        report.shards_written == 0
+        and report.samples == 0
+        and report.shards_skipped == len(_all_shards(dataset))
+    )
+
+
+def test_partial_work_of_a_killed_run_is_redone_exactly_once(
+    built: Built, dataset_copy: Path, tiny_teachers: dict[str, Teacher]
+) -> None:
+    ds = dataset_copy
+    (ds / "clip" / ".train-000001.tar.k1ll3d.tmp").write_bytes(b"half a shard")  # killed mid-write
+    data = (ds / "clip" / "train-000002.tar").read_bytes()
+    (ds / "clip" / "train-000002.tar").write_bytes(
+        data[: len(data) // 2]
+    )  # torn by a crash outside atomic writes
+    (ds / "sam" / "val-000000.tar").unlink()  # never written
+    keys = list_keys(ds / "images" / "train-000003.tar")
+    with write_shard(ds / "dinov2" / "train-000003.tar") as sink:  # a shard missing its last key
+        for sample in iter_shard(built.dataset / "dinov2" / "train-000003.tar"):
+            if sample.key != keys[-1]:
+                sink.write(sample.key, sample.files)
+    report = run_extraction(ExtractConfig(ds, JOBS, batch_size=4, progress=False), tiny_teachers, DistInfo())
+    redone = [
+        "clip/train-000002.tar",
+        "dinov2/train-000003.tar",
+        "sam/val-000000.tar",
+    ]  # only the damaged ones
+    assert sorted(Path(p).relative_to(ds).as_posix() for p in report.written) == redone
+    assert report.samples == 3 * 6  # those three 6-sample shards, through the teachers that needed them
+    _assert_one_entry_per_key(ds)
+    for shard in [*redone, "clip/train-000001.tar"]:  # the same features as the undamaged run
+        again, before = list(iter_shard(ds / shard)), list(iter_shard(built.dataset / shard))
+        assert [s.key for s in again] == [s.key for s in before]
+        for new, old in zip(again, before, strict=True):
+            (blob_new,), (blob_old,) = new.files.values(), old.files.values()
+            assert read_metadata(blob_new, shard) == read_metadata(blob_old, shard)
+            torch.testing.assert_close(
+                decode_sample(blob_new, shard).patch, decode_sample(blob_old, shard).patch
+            )
+    assert check_dataset(ds).ok
+
+
+def test_sigkill_mid_extraction_then_rerun(
+    built: Built, tiny_teachers: dict[str, Teacher], tmp_path: Path
+) -> None:
+    ds = tmp_path / "big"
+    organize_images(OrganizeConfig(built.source, ds, size=64, samples_per_shard=100))
+    command = [sys.executable, "-m", "distill.data.extract", str(ds), "--teachers", *FIVE, "--source", "tiny"]
+    command += ["--storage", "int8", "--batch-size", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    temporaries: list[Path] = []
+    while time.monotonic() < deadline and process.poll() is None and not temporaries:
+        temporaries = list(ds.glob("*/.*.tmp"))
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    log = process.stderr.read().decode() if process.stderr is not None else ""
+    assert temporaries, f"extraction ended before it could be killed: {log[-2000:]}"
+    assert list(ds.glob("*/.*.tmp")), "a killed run leaves its temporary file behind"
+    assert all(not r.complete_splits for r in load_manifest(ds).teachers.values())
+    jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in FIVE)
+    run_extraction(ExtractConfig(ds, jobs, batch_size=8, progress=False), tiny_teachers, DistInfo())
+    _assert_one_entry_per_key(ds)
+    assert all(r.complete_splits == ("train", "val") for r in load_manifest(ds).teachers.values())
+
+
+def test_differently_made_features_are_not_mixed(
+    dataset_copy: Path, tiny_teachers: dict[str, Teacher]
+) -> None:
+    jobs = (TeacherJob("clip", "tiny", None, "fp16"),)
+    with pytest.raises(ValueError, match=r"teacher 'clip' were extracted differently.*--overwrite"):
+        run_extraction(ExtractConfig(dataset_copy, jobs, progress=False), tiny_teachers, DistInfo())
+    run_extraction(
+        ExtractConfig(dataset_copy, jobs, overwrite=True, progress=False), tiny_teachers, DistInfo()
+    )
+    assert load_manifest(dataset_copy).teachers["clip"].storage == "fp16"
+    blob = next(iter_shard(dataset_copy / "clip" / "train-000000.tar")).files["clip.safetensors"]
+    assert decode_sample(blob, "x").storage == "fp16"
+    with pytest.raises(ValueError, match="between 1x1 and its grid"):
+        run_extraction(
+            ExtractConfig(dataset_copy, (TeacherJob("sam", "tiny", None, "int8", (16, 16)),), progress=False),
+            tiny_teachers,
+            DistInfo(),
+        )

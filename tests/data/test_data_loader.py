@@ -1,0 +1,159 @@
+"""The training loader contract: deterministic streams, ranks and workers, exact resume, normalisation."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIVE, Built
+from distill.data.codec import decode_sample
+from distill.data.dataset import Batch, concat_batches
+from distill.data.loader import LoaderConfig, eval_batches, target_specs, train_batches
+from distill.data.manifest import load_manifest
+from distill.data.shards import iter_shard, list_keys
+from distill.data.stats import FeatureStats
+
+
+def _cfg(built: Built, **overrides: object) -> LoaderConfig:
+    base = LoaderConfig(
+        built.dataset, FIVE, built.stats_dir, global_batch=4, num_streams=2, seed=3, shuffle_buffer=5
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def _take(cfg: LoaderConfig, n: int, rank: int = 0, world: int = 1, start: int = 0) -> list[Batch]:
+    return list(itertools.islice(train_batches(cfg, rank, world, start), n))
+
+
+def _by_key(batch: Batch) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    return {
+        key: (batch.images[i], {name: out.patch[i] for name, out in batch.targets.items()})
+        for i, key in enumerate(batch.keys)
+    }
+
+
+def _assert_same(a: Batch, b: Batch) -> None:
+    assert a.keys == b.keys
+    assert torch.equal(a.images, b.images)
+    for name in a.targets:
+        assert torch.equal(a.targets[name].patch, b.targets[name].patch)
+        if a.targets[name].cls is not None:
+            assert torch.equal(a.targets[name].cls, b.targets[name].cls)  # type: ignore[arg-type]
+
+
+def test_one_rank_2b_equals_the_union_of_two_ranks_b(built: Built) -> None:
+    single = _take(_cfg(built), 20)
+    rank0, rank1 = _take(_cfg(built), 20, 0, 2), _take(_cfg(built), 20, 1, 2)
+    for whole, a, b in zip(single, rank0, rank1, strict=True):
+        assert len(whole) == 4 and len(a) == len(b) == 2
+        _assert_same(whole, concat_batches([a, b]))
+
+
+def test_workers_and_ranks_serve_the_same_global_batches(built: Built) -> None:
+    cfg = _cfg(built, num_streams=4, global_batch=8)
+    reference = _take(cfg, 9)
+    with_workers = _take(replace(cfg, num_workers=2), 9)
+    for a, b in zip(reference, with_workers, strict=True):
+        _assert_same(a, b)
+    ranks = [_take(replace(cfg, num_workers=2), 9, r, 2) for r in range(2)]
+    for whole, *parts in zip(reference, *ranks, strict=True):
+        merged = _by_key(parts[0]) | _by_key(parts[1])
+        assert sorted(merged) == sorted(whole.keys) and len(parts[0]) == len(parts[1]) == 4
+        for key, (image, targets) in _by_key(whole).items():
+            assert torch.equal(merged[key][0], image)
+            assert all(torch.equal(merged[key][1][n], targets[n]) for n in FIVE)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_start_batch_resumes_exactly(built: Built, workers: int) -> None:
+    cfg = _cfg(built, num_workers=workers)
+    straight = _take(cfg, 16)
+    for k in (1, 6, 9):  # 6 and 9 cross stream epoch boundaries (stream sizes 16 and 12, 2 per batch)
+        for a, b in zip(straight[k:], _take(cfg, 16 - k, start=k), strict=True):
+            _assert_same(a, b)
+
+
+def test_each_stream_serves_each_of_its_keys_once_per_epoch(built: Built) -> None:
+    shards = load_manifest(built.dataset).splits["train"].shards
+    stream_keys = [
+        sorted(k for s in shards[i::2] for k in list_keys(built.dataset / "images" / s.name))
+        for i in range(2)
+    ]
+    assert [len(k) for k in stream_keys] == [16, 12]
+    batches = _take(_cfg(built), 16)
+    assert sorted(k for b in batches[:8] for k in b.keys[:2]) == stream_keys[0]
+    assert sorted(k for b in batches[:6] for k in b.keys[2:]) == stream_keys[1]
+    assert (
+        sorted(k for b in batches[6:12] for k in b.keys[2:]) == stream_keys[1]
+    )  # the next epoch, reshuffled
+    assert [k for b in batches[:6] for k in b.keys[2:]] != [k for b in batches[6:12] for k in b.keys[2:]]
+    assert [b.keys for b in _take(_cfg(built, seed=4), 6)] != [b.keys for b in batches[:6]]
+
+
+def test_targets_are_the_stored_features_normalised_with_the_stats(built: Built) -> None:
+    batch = _take(_cfg(built), 1)[0]
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (4, 3, 64, 64)
+    specs = target_specs(_cfg(built))
+    raw: dict[str, dict[str, torch.Tensor]] = {n: {} for n in FIVE}
+    for shard in load_manifest(built.dataset).splits["train"].shards:
+        for name in FIVE:
+            for sample in iter_shard(built.dataset / name / shard.name):
+                if sample.key in batch.keys:
+                    raw[name][sample.key] = decode_sample(
+                        sample.files[f"{name}.safetensors"], sample.key
+                    ).patch
+    for name in FIVE:
+        stats = FeatureStats.load(built.stats_dir / f"{name}.safetensors")
+        out = batch.targets[name]
+        spec = specs[name]
+        assert out.patch.dtype == torch.float32 and out.patch.shape == (4, *spec.grid, spec.channels)
+        assert (out.cls is None) == (spec.cls_channels is None)
+        expected = torch.stack([(raw[name][k] - stats.patch_mean) / stats.patch_std for k in batch.keys])
+        torch.testing.assert_close(out.patch, expected)
+    assert specs["sam"].grid == (4, 4)
+
+
+def test_eval_serves_each_key_once_across_ranks(built: Built) -> None:
+    cfg = _cfg(built, eval_batch=4, num_workers=2)
+    val_keys = sorted(
+        k
+        for s in load_manifest(built.dataset).splits["val"].shards
+        for k in list_keys(built.dataset / "images" / s.name)
+    )
+    seen = [k for rank in range(2) for b in eval_batches(cfg, rank, 2) for k in b.keys]
+    assert sorted(seen) == val_keys and len(seen) == 8
+    assert [len(b) for b in eval_batches(cfg, 0, 2)] == [
+        4,
+        2,
+    ]  # rank 0: val shard 0 (6 samples), last batch short
+    assert [len(b) for b in eval_batches(cfg, 1, 2)] == [2]  # rank 1: val shard 1
+    assert [len(b) for b in eval_batches(replace(cfg, num_workers=0), 0, 1)] == [4, 4]  # batches span shards
+
+
+def test_bad_geometry_is_refused_with_the_fix(built: Built, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        next(train_batches(_cfg(built, num_streams=3, global_batch=6), 0, 2))
+    with pytest.raises(ValueError, match="global_batch=5 must be a multiple of num_streams=2"):
+        next(train_batches(_cfg(built, global_batch=5)))
+    with pytest.raises(ValueError, match="num_workers=3 exceeds the 2 streams"):
+        next(train_batches(_cfg(built, num_workers=3)))
+    with pytest.raises(ValueError, match="fewer than num_streams=6"):
+        next(train_batches(_cfg(built, num_streams=6, global_batch=6)))
+    with pytest.raises(ValueError, match="needs stats_dir"):
+        next(train_batches(_cfg(built, stats_dir=None)))
+    assert next(train_batches(_cfg(built, teachers=(), stats_dir=None))).targets == {}
+
+
+def test_finishing_on_a_device_serves_the_same_batches(built: Built) -> None:
+    """device=...: workers ship the stored dtype and the loader dequantises + normalises there."""
+    reference = _take(_cfg(built, num_workers=2), 4)
+    for a, b in zip(reference, _take(_cfg(built, num_workers=2, device="cpu"), 4), strict=True):
+        assert a.keys == b.keys and torch.equal(a.images, b.images)
+        for name in FIVE:
+            torch.testing.assert_close(a.targets[name].patch, b.targets[name].patch, rtol=0, atol=0)
+    evaluated = list(eval_batches(_cfg(built, device="cpu")))
+    assert sum(len(b) for b in evaluated) == 8 and evaluated[0].targets["clip"].patch.dtype == torch.float32

@@ -1,0 +1,117 @@
+"""Keys, rejected.txt, tar shards and the manifest: the small pieces everything else relies on."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from distill.data.keys import check_key, make_keys, safe_stem
+from distill.data.manifest import (
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    TeacherRecord,
+    load_manifest,
+    save_manifest,
+    update_manifest,
+)
+from distill.data.rejected import Rejection, read_rejections, write_rejections
+from distill.data.shards import ShardError, SplitWriter, iter_shard, list_keys, write_shard
+from distill.teachers.base import TeacherSpec
+
+
+def test_keys_are_safe_readable_and_unique() -> None:
+    assert safe_stem("class a/img 1.JPEG") == "class_a__img_1"
+    paths = ["a b.jpg", "a_b.jpg", "x.jpg", "x.png", "dir/y.jpg", "dir.v2/y.jpg", "ü.png"]
+    keys = make_keys(paths)
+    assert len(set(keys.values())) == len(paths)
+    assert keys["dir/y.jpg"] == "dir__y" and keys["dir.v2/y.jpg"] == "dir_v2__y"
+    assert (
+        keys["a b.jpg"].startswith("a_b-")
+        and keys["x.png"].startswith("x-")
+        and keys["x.png"] != keys["x.jpg"]
+    )
+    assert make_keys(list(reversed(paths))) == keys  # independent of listing order
+    for key in keys.values():
+        check_key(key, "test")
+    with pytest.raises(ValueError, match=r"shard\.tar"):
+        check_key("a.b", "shard.tar")
+
+
+def test_rejected_round_trip_with_awkward_characters(tmp_path: Path) -> None:
+    records = [
+        Rejection("organize", "we\tird\nname.jpg", "reason with \\ backslash"),
+        Rejection("videos", "v.mp4", "no video stream"),
+    ]
+    write_rejections(tmp_path, records)
+    assert len((tmp_path / "rejected.txt").read_text().splitlines()) == 2
+    assert read_rejections(tmp_path) == records
+
+
+def test_shards_round_trip_skip_and_list(tmp_path: Path) -> None:
+    with SplitWriter(tmp_path, "train", per_shard=3) as writer:
+        for i in range(7):
+            writer.add(f"k{i}", {"jpg": bytes([i]) * 10, "json": b"{}"})
+    assert writer.shards == [("train-000000.tar", 3), ("train-000001.tar", 3), ("train-000002.tar", 1)]
+    assert list_keys(tmp_path / "train-000001.tar") == ["k3", "k4", "k5"]
+    samples = list(iter_shard(tmp_path / "train-000001.tar", want=lambda ordinal, key: ordinal != 1))
+    assert [(s.key, s.ordinal) for s in samples] == [("k3", 0), ("k5", 2)]
+    assert samples[1].files == {"jpg": bytes([5]) * 10, "json": b"{}"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_failed_shard_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), write_shard(tmp_path / "x.tar") as sink:
+        sink.write("a", {"jpg": b"1"})
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with write_shard(tmp_path / "y.tar") as sink:
+        sink.write("a", {"jpg": b"1"})
+        with pytest.raises(ShardError, match="written twice"):
+            sink.write("a", {"jpg": b"2"})
+
+
+def test_truncated_and_duplicate_tars_name_shard_and_key(tmp_path: Path) -> None:
+    with SplitWriter(tmp_path, "t", per_shard=10) as writer:
+        for i in range(4):
+            writer.add(f"k{i}", {"jpg": b"x" * 3000})
+    path = tmp_path / "t-000000.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[: 2 * 3584 + 1000])  # 512 B header + 3072 B padded data per member: cut inside k2
+    with pytest.raises(
+        ShardError, match=r"t-000000\.tar: unreadable tar in or after key 'k2'.*unexpected end of data"
+    ) as info:
+        list(iter_shard(path))
+    assert info.value.path == path and info.value.key == "k2"
+    with pytest.raises(ShardError, match="truncated inside key 'k2'"):
+        list_keys(path)
+    dup = tmp_path / "dup.tar"
+    with tarfile.open(dup, "w") as archive:
+        for name in ("a.jpg", "b.jpg", "a.json"):
+            src = tmp_path / "blob"
+            src.write_bytes(b"1")
+            archive.add(src, arcname=name)
+    with pytest.raises(ShardError, match="'a' appears twice"):
+        list(iter_shard(dup))
+
+
+def test_manifest_round_trip_and_locked_update(tmp_path: Path) -> None:
+    spec = TeacherSpec("sam", 64, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), (8, 8), 32, None)
+    record = TeacherRecord(spec, "int8", (4, 4), "tiny", None, ("train",))
+    manifest = Manifest(
+        "ds", "images", "/src", 64, 95, {"train": SplitInfo((ShardInfo("train-000000.tar", 5),))}
+    )
+    save_manifest(tmp_path, manifest)
+    update_manifest(tmp_path, lambda m: Manifest(**{**m.__dict__, "teachers": {"sam": record}}))
+    loaded = load_manifest(tmp_path)
+    assert loaded.teachers["sam"] == record and loaded.splits == manifest.splits
+    assert loaded.teachers["sam"].target_spec.grid == (4, 4)
+    with pytest.raises(ValueError, match="not complete for split 'val'"):
+        loaded.teacher("sam", "val")
+    with pytest.raises(KeyError, match="feature_extraction"):
+        loaded.teacher("clip", "train")
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"manifest\.json is unreadable"):
+        load_manifest(tmp_path)
