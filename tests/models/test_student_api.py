@@ -82,6 +82,18 @@ def test_encode_video_chunks_give_the_same_z_as_one_batch() -> None:
     assert student.encode_video(frames[:0]).shape == (0, 16)
 
 
+def test_video_z_feeds_predict_and_a_users_trainable_model() -> None:
+    """encode_video's z are training data for world models: autograd must accept them."""
+    student = make_student()
+    z = student.encode_video(images(3, seed=2))
+    assert not z.requires_grad and not z.is_inference()
+    predicted = student.predict(z)
+    assert predicted.z is z or torch.equal(predicted.z, z)
+    world_model = torch.nn.Linear(z.shape[-1], z.shape[-1])
+    world_model(z).pow(2).mean().backward()
+    assert world_model.weight.grad is not None and bool(world_model.weight.grad.abs().sum() > 0)
+
+
 @pytest.mark.parametrize("size", [(64, 64), (96, 64)])
 def test_predict_from_encoded_z_equals_forward(size: tuple[int, int]) -> None:
     student = make_student()

@@ -134,3 +134,19 @@ def test_bad_batches_are_refused_with_the_shape_or_dtype(
 def test_tiny_source_refuses_weights(name: str) -> None:
     with pytest.raises(ValueError, match="source='tiny'"):
         load_teacher(name, source="tiny", weights="some/model")
+
+
+def test_importing_the_package_leaves_the_heavy_families_unloaded() -> None:
+    """Loaders, stats and every torchrun worker import distill.teachers; the families load on first lookup."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, distill.teachers, distill.data.stats;"
+        "heavy = [m for m in ('open_clip', 'segment_anything', 'distill.teachers.sam') if m in sys.modules];"
+        "assert not heavy, heavy;"
+        "from distill.teachers import teacher_names;"
+        "assert {'clip', 'sam', 'depth_anything'} <= set(teacher_names());"
+        "assert 'segment_anything' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

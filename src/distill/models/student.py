@@ -103,12 +103,14 @@ class Student(nn.Module):
         """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run)."""
         return self.to_z(self.backbone_tokens(images)[:, 0])
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Frames [T, 3, H, W] -> [T, d_z] (or [B, T, 3, H, W] -> [B, T, d_z]), ``batch_size`` frames at a time.
 
         Frames may stay on the CPU while the model is on a GPU: chunks move over one at a time and
-        the result comes back on the frames' device.
+        the result comes back on the frames' device. ``no_grad`` rather than ``inference_mode``: the
+        z's are inputs to the user's own training (a world model) and to ``predict``, which autograd
+        refuses for inference tensors.
         """
         if frames.ndim == 5:
             return self.encode_video(frames.flatten(0, 1), batch_size).unflatten(0, frames.shape[:2])

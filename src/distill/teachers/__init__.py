@@ -1,6 +1,10 @@
-"""Frozen vision foundation models that produce distillation targets."""
+"""Frozen vision foundation models that produce distillation targets.
 
-from distill.teachers import clip, depth_anything, dinov2, mae, sam  # noqa: F401  (registers the families)
+The families (clip, dinov2, mae, sam, depth_anything) register themselves when first needed: the
+registry imports them on its first lookup, so importing this package (or the shared types) does not
+pull in open_clip, segment-anything and transformers' model code.
+"""
+
 from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
 from distill.teachers.registry import TeacherEntry, get_entry, load_teacher, register_teacher, teacher_names
 

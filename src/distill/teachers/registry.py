@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +27,13 @@ class TeacherEntry:
 
 
 _REGISTRY: dict[str, TeacherEntry] = {}
+FAMILY_MODULES = ("clip", "dinov2", "mae", "sam", "depth_anything")  # each registers its entries on import
+
+
+def _load_families() -> None:
+    """Import every family module once (Python caches them), so lookups see the whole registry."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"distill.teachers.{module}")
 
 
 def register_teacher(entry: TeacherEntry) -> TeacherEntry:
@@ -36,10 +44,12 @@ def register_teacher(entry: TeacherEntry) -> TeacherEntry:
 
 
 def teacher_names() -> list[str]:
+    _load_families()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> TeacherEntry:
+    _load_families()
     if name not in _REGISTRY:
         raise KeyError(f"unknown teacher {name!r}; registered teachers: {', '.join(teacher_names())}")
     return _REGISTRY[name]
