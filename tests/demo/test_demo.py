@@ -43,6 +43,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file(), line
     assert Image.open(tmp_path / "loss_curve.png").size == (640, 400)
     assert [s.name for s in result.steps][-1] == "decode the video: student vs teachers"
+    assert (result.student / "config.json").is_file() and (result.student / "model.safetensors").is_file()
 
 
 def test_loss_series_keeps_train_terms_and_validation_loss() -> None:

@@ -61,7 +61,12 @@ class DemoResult:
 
     @property
     def run_dir(self) -> Path:
-        return self.config.output / "runs" / "demo"
+        return self.config.output / "run"
+
+    @property
+    def student(self) -> Path:
+        """The final student folder the trainer writes into its run dir."""
+        return self.run_dir / "student"
 
     @property
     def video(self) -> Path:
@@ -190,7 +195,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         "decode the video: student vs teachers",
         [
             *script("decoding/decoding_example.py"),
-            f"--checkpoint={latest_student(result.run_dir)}",
+            f"--checkpoint={result.student}",
             f"--media={video}",
             "--compare-teachers",
             f"--teachers-source={cfg.teacher_source}",
@@ -207,13 +212,3 @@ def mask_flags(teacher_source: str) -> list[str]:
     if teacher_source != "tiny":
         return []
     return ["--points-per-side=8", "--pred-iou-thresh=0", "--stability-score-thresh=0"]
-
-
-def latest_student(run_dir: Path) -> Path:
-    """The student folder of the newest complete checkpoint of a run."""
-    steps = sorted((run_dir / "checkpoints").glob("step_*"))
-    if not steps:
-        raise SystemExit(
-            f"[demo] no checkpoint under {run_dir / 'checkpoints'}; the training step wrote none"
-        )
-    return steps[-1] / "student"
