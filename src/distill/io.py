@@ -15,6 +15,15 @@ def _current_umask() -> int:
     return mask
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a directory's entries (a rename is durable once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success fsync it and rename over ``path``.
@@ -33,11 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

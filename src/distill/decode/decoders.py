@@ -27,23 +27,19 @@ NEEDS_MODULE: frozenset[DecoderKind] = frozenset({"masks", "depth", "pixels"})  
 class DepthDecoding(Protocol):
     """Depth-Anything's neck + head on its own feature maps (``DepthAnythingTeacher``)."""
 
-    def depth_from_features(self, features: TeacherOutput, image_size: int | None = None) -> torch.Tensor: ...
+    def depth_from_features(self, features: TeacherOutput, image_size: int | None = ...) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class PixelDecoding(Protocol):
     """ViT-MAE's pixel decoder on its encoder tokens (``MaeTeacher``)."""
 
+    @property
+    def needs_reference_images(self) -> bool: ...
+
     def reconstruct(
-        self, features: TeacherOutput, reference_images: torch.Tensor | None = None
+        self, features: TeacherOutput, reference_images: torch.Tensor | None = ...
     ) -> torch.Tensor: ...
-
-
-def needs_reference_images(teacher: object) -> bool:
-    """Whether an MAE teacher was trained with ``norm_pix_loss``: its decoder then predicts each patch
-    standardised by that patch's own mean/variance, which only the input image can supply."""
-    config = getattr(getattr(teacher, "model", None), "config", None)
-    return bool(getattr(config, "norm_pix_loss", False))
 
 
 def decoder_kind(teacher: str) -> DecoderKind | None:

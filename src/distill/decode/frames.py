@@ -21,7 +21,6 @@ from distill.decode.decoders import (
     PixelDecoding,
     Target,
     decoder_kind,
-    needs_reference_images,
 )
 from distill.decode.masks import MaskDecoding, MaskSettings, Prompts, automatic_masks, prompted_masks
 from distill.decode.pca import PcaBasis, fit_pca
@@ -66,7 +65,7 @@ def _require(teachers: Mapping[str, Teacher], protocol: type, name: str, kind: s
 def _reconstruct(
     mae: PixelDecoding, name: str, out: TeacherOutput, images: torch.Tensor | None
 ) -> torch.Tensor:
-    if not needs_reference_images(mae):
+    if not mae.needs_reference_images:
         return mae.reconstruct(out)
     if images is None:
         raise ValueError(

@@ -20,12 +20,12 @@ class MaskDecoding(Protocol):
     def predict_masks(
         self,
         embedding: torch.Tensor,
-        points: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        multimask: bool = True,
-        image_size: int | None = None,
-        return_logits: bool = False,
+        points: torch.Tensor | None = ...,
+        point_labels: torch.Tensor | None = ...,
+        boxes: torch.Tensor | None = ...,
+        multimask: bool = ...,
+        image_size: int | None = ...,
+        return_logits: bool = ...,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def automatic_masks(
@@ -33,13 +33,13 @@ class MaskDecoding(Protocol):
         embedding: torch.Tensor,
         image_size: int,
         *,
-        points_per_side: int = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        min_mask_region_area: int = 0,
+        points_per_side: int = ...,
+        points_per_batch: int = ...,
+        pred_iou_thresh: float = ...,
+        stability_score_thresh: float = ...,
+        stability_score_offset: float = ...,
+        box_nms_thresh: float = ...,
+        min_mask_region_area: int = ...,
     ) -> list[dict[str, Any]]: ...
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.data.stats import FeatureStats
-from distill.io import atomic_path, atomic_write_text
+from distill.io import atomic_path, atomic_write_text, fsync_path
 from distill.models.config import StudentConfig
 
 FORMAT = "distill.student"
@@ -96,11 +96,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(target, old)
     os.replace(staging, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(target.parent)
     if old is not None:
         shutil.rmtree(old)
 

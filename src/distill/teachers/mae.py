@@ -108,6 +108,12 @@ class MaeTeacher(Teacher):
                 f"MAE reconstruct needs the CLS feature [B, {self.spec.channels}] (its decoder reads it), got {got}"
             )
 
+    @property
+    def needs_reference_images(self) -> bool:
+        """A ``norm_pix_loss`` checkpoint's decoder predicts each patch standardised by its own mean and
+        variance, which only the input image can supply (see :meth:`reconstruct`)."""
+        return bool(self.model.config.norm_pix_loss)
+
     @torch.inference_mode()
     def reconstruct(
         self, features: TeacherOutput, reference_images: torch.Tensor | None = None
@@ -127,7 +133,7 @@ class MaeTeacher(Teacher):
         tokens = torch.cat([features.cls.to(self.device, torch.float32)[:, None], patch], dim=1)
         ids_restore = torch.arange(self.num_patches, device=self.device).expand(batch, -1)
         logits = self.model.decoder(tokens, ids_restore).logits
-        if self.model.config.norm_pix_loss:
+        if self.needs_reference_images:
             if reference_images is None:
                 raise ValueError(
                     f"teacher {NAME!r}: this checkpoint was trained with norm_pix_loss, so its decoder predicts "

@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from distill.io import fsync_path
 from distill.train.rng import RngState
 
 CHECKPOINTS = "checkpoints"
@@ -116,18 +117,10 @@ def remove_incomplete(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
-        _fsync(path)
-    _fsync(root)
+        fsync_path(path)
+    fsync_path(root)
 
 
 def _rng_parts(rng: list[RngState]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -173,7 +166,7 @@ def write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
