@@ -2,8 +2,8 @@
 """Decode a student checkpoint on an image, folder or video; same as ``python -m distill.decode``.
 
 Example (offline, tiny teachers):
-    python scripts/decoding/decoding_example.py --checkpoint runs/demo/student --media clip.mp4 \
-        --compare-teachers --output runs/decoded
+    python scripts/decoding/decoding_example.py --checkpoint runs/demo/run/student \
+        --media runs/demo/media/clip.mp4 --compare-teachers --output runs/decoded
 """
 
 from distill.decode.cli import main

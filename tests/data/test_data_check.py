@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import FIVE, Built
 from safetensors.torch import load, save
 
-from conftest import FIVE, Built
 from distill.data import check
 from distill.data.check import check_dataset
 from distill.data.codec import read_metadata

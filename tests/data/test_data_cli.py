@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import Built
+from data_helpers import Built
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "preprocessing"
 COMMANDS = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from data_helpers import FIVE
 
-from conftest import FIVE
 from distill.data.codec import (
     StorageDtype,
     area_downsample,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import FIVE, write_source
 
-from conftest import FIVE, write_source
 from distill.data import check, organize
 from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.loader import LoaderConfig, eval_batches, train_batches

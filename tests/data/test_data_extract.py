@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import FIVE, JOBS, Built
 
-from conftest import FIVE, JOBS, Built
 from distill.data.check import check_dataset
 from distill.data.codec import decode_sample, read_metadata
 from distill.data.dist import DistInfo
@@ -163,3 +163,9 @@ def test_differently_made_features_are_not_mixed(
             tiny_teachers,
             DistInfo(),
         )
+
+
+@pytest.mark.parametrize("field", ["batch_size", "decode_threads"])
+def test_non_positive_batch_or_threads_are_refused(field: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"{field} \(0\)"):
+        ExtractConfig(dataset=tmp_path, teachers=(), **{field: 0})

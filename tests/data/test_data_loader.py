@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import FIVE, Built
 
-from conftest import FIVE, Built
 from distill.data.codec import decode_sample
 from distill.data.dataset import Batch, concat_batches
 from distill.data.loader import LoaderConfig, eval_batches, target_specs, train_batches

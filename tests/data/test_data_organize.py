@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import PER_SHARD, SIZE, Built
 from PIL import Image
 
-from conftest import PER_SHARD, SIZE, Built
 from distill.data.images import ImageLimits, RejectedInput, load_rgb
 from distill.data.manifest import load_manifest
 from distill.data.organize import OrganizeConfig, organize_images

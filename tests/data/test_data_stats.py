@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import FIVE, Built
 
-from conftest import FIVE, Built
 from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.codec import decode_sample
 from distill.data.loader import LoaderConfig, train_batches

@@ -99,3 +99,5 @@ def test_compare_mode_shares_basis_and_thresholds(
     assert PIXEL_HEAD in ours.pixels and PIXEL_HEAD not in theirs.pixels
     with pytest.raises(ValueError, match="canonical view is 64x64"):
         decode_images(student, frames[:, :, :32, :32], "pca")
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        decode_images(student, frames, "pca", decoders, compare=True, batch_size=0)

@@ -131,3 +131,16 @@ def test_script_and_module_entry_points_have_help(
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "--compare-teachers" in out and "--teachers-source" in out and "--media" in out
+
+
+def test_repeated_list_flags_accumulate_instead_of_replacing() -> None:
+    """`--teacher-weights a=1 --teacher-weights b=2` (as the demo passes them) must keep both."""
+    from distill.decode.cli import build_parser
+
+    required = ["--checkpoint", "c", "--media", "m", "--output", "o"]
+    weights = ["--teacher-weights=dinov2=/d", "--teacher-weights", "sam=tiny:/s", "mae=/m"]
+    prompts = ["--points", "1,2", "--points=3,4,0", "--boxes", "0,0,4,4", "--boxes", "1,1,5,5"]
+    args = build_parser().parse_args([*required, *weights, *prompts])
+    assert args.teacher_weights == ["dinov2=/d", "sam=tiny:/s", "mae=/m"]
+    assert args.points == ["1,2", "3,4,0"]
+    assert args.boxes == ["0,0,4,4", "1,1,5,5"]

@@ -61,3 +61,9 @@ def test_loss_series_keeps_train_terms_and_validation_loss() -> None:
 def test_bad_weights_argument_names_the_expected_form() -> None:
     with pytest.raises(SystemExit, match="expected NAME=WEIGHTS"):
         main(["--teachers", "hub", "--weights", "sam"])
+
+
+def test_weights_with_tiny_teachers_are_refused_before_any_step(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="add --teachers hub or drop --weights"):
+        main(["--output", str(tmp_path), "--weights", "sam=vit_h:/models/sam.pth"])
+    assert not any(tmp_path.iterdir())

@@ -15,14 +15,15 @@ from distill.models import SIZES, StudentConfig
 from distill.models.backbone import vit_config
 
 
-def test_config_survives_a_json_round_trip() -> None:
-    config = make_config(
-        bottleneck="none",
-        head="conv",
-        pretrained="facebook/deit-small-patch16-224",
-        decoder_dim=32,
-        decoder_heads=4,
-    )
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"bottleneck": "none", "head": "conv", "pretrained": "facebook/deit-small-patch16-224"},
+        {"head": "conv", "decoder_dim": 32, "decoder_depth": 3, "decoder_heads": 4},
+    ],
+)
+def test_config_survives_a_json_round_trip(overrides: dict[str, Any]) -> None:
+    config = make_config(**overrides)
     text = json.dumps(config.to_dict())
     again = StudentConfig.from_dict(json.loads(text))
     assert again == config
@@ -77,11 +78,19 @@ def test_deit_presets_have_the_published_shapes(
         ({"teachers": {}, "pixel_head": False}, "predicts nothing"),
         ({"d_z": 0}, "d_z must be positive"),
         ({"decoder_heads": 0}, "decoder_heads must be positive"),
+        ({"bottleneck": "none", "decoder_dim": 32}, r"decoder_dim=32 sets the token decoder.*drop them"),
+        ({"bottleneck": "none", "decoder_heads": 4}, r"decoder_heads=4 sets the token decoder.*drop them"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         replace(make_config(), **overrides)
+
+
+def test_no_bottleneck_keeps_a_preset_decoder_depth() -> None:
+    # The packaged model presets set decoder_depth (tiny: 1) and must still build with bottleneck=none.
+    config = make_config(bottleneck="none", decoder_depth=1)
+    assert (config.bottleneck, config.decoder_depth) == ("none", 1)
 
 
 def test_unknown_keys_in_a_saved_config_are_named() -> None:

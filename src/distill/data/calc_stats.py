@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from distill.data import dist
-from distill.data.codec import SampleFeatures, decode_sample
+from distill.data.codec import SampleFeatures, parse_sample
+from distill.data.dataset import check_stored
 from distill.data.manifest import TeacherRecord, load_manifest
 from distill.data.shards import iter_shard
 from distill.data.stats import FeatureStats, StatsAccumulator, pack_state, unpack_state
@@ -38,21 +39,15 @@ class StatsConfig:
 
 
 def iter_features(path: Path, teacher: str, record: TeacherRecord) -> Iterator[SampleFeatures]:
-    """Decoded features of one feature shard, each checked against its member key and the spec."""
-    spec = record.target_spec
+    """Decoded features of one feature shard, each checked against its member key and the manifest record."""
     for sample in iter_shard(path):
         where = f"{path} key {sample.key!r}"
         blob = sample.files.get(f"{teacher}.safetensors")
         if blob is None:
             raise ValueError(f"{where}: no {teacher}.safetensors member; re-extract this teacher")
-        features = decode_sample(blob, where)
-        if features.key != sample.key:
-            raise ValueError(f"{where}: blob carries key {features.key!r}; re-extract this teacher")
-        if tuple(features.patch.shape) != (*spec.grid, spec.channels):
-            raise ValueError(
-                f"{where}: patch {tuple(features.patch.shape)}, manifest says {(*spec.grid, spec.channels)}"
-            )
-        yield features
+        stored = parse_sample(blob, where)
+        check_stored(stored, sample.key, teacher, record, where)
+        yield stored.dequantize()
 
 
 def accumulate(dataset: Path, teacher: str, record: TeacherRecord, shards: list[str]) -> StatsAccumulator:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from distill.data.codec import decode_sample
-from distill.data.dataset import load_checked_stats, stats_path
+from distill.data.codec import parse_sample
+from distill.data.dataset import check_stored, load_checked_stats, stats_path
 from distill.data.decode import decode_view
 from distill.data.join import iter_joined
 from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, Manifest, load_manifest
@@ -51,20 +51,9 @@ class CheckReport:
 
 
 def _check_sample_features(manifest: Manifest, name: str, blob: bytes, key: str, where: str) -> None:
-    record = manifest.teachers[name]
-    spec = record.target_spec
-    features = decode_sample(blob, where)
-    if features.key != key or features.teacher != name:
-        raise ValueError(f"blob carries key {features.key!r} of teacher {features.teacher!r}")
-    if features.storage != record.storage:
-        raise ValueError(f"stored as {features.storage}, the manifest says {record.storage}")
-    if tuple(features.patch.shape) != (*spec.grid, spec.channels):
-        raise ValueError(
-            f"patch {tuple(features.patch.shape)}, the manifest says {(*spec.grid, spec.channels)}"
-        )
-    cls_shape = None if features.cls is None else tuple(features.cls.shape)
-    if cls_shape != (None if spec.cls_channels is None else (spec.cls_channels,)):
-        raise ValueError(f"cls {cls_shape}, the manifest says {spec.cls_channels} channels")
+    stored = parse_sample(blob, where)
+    check_stored(stored, key, name, manifest.teachers[name], where)
+    features = stored.dequantize()
     for part, tensor in (("patch", features.patch), ("cls", features.cls)):
         if tensor is not None and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"non-finite values in {part}")

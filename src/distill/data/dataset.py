@@ -135,6 +135,26 @@ class DecodedSample:
     meta: dict[str, Any]
 
 
+def check_stored(stored: StoredFeatures, key: str, teacher: str, record: TeacherRecord, where: str) -> None:
+    """A parsed blob against its tar member's key and the manifest record: key, teacher, storage, shapes."""
+    if stored.key != key or stored.teacher != teacher:
+        raise ValueError(
+            f"{where}: blob says key {stored.key!r} of teacher {stored.teacher!r}; re-extract {teacher!r}"
+        )
+    if stored.storage != record.storage:
+        raise ValueError(
+            f"{where}: stored as {stored.storage}, the manifest says {record.storage}; re-extract {teacher!r}"
+        )
+    spec = record.target_spec
+    if tuple(stored.patch.shape) != (*spec.grid, spec.channels):
+        raise ValueError(
+            f"{where}: patch {tuple(stored.patch.shape)} but the manifest says {(*spec.grid, spec.channels)}"
+        )
+    cls_shape = None if stored.cls is None else tuple(stored.cls.shape)
+    if cls_shape != (None if spec.cls_channels is None else (spec.cls_channels,)):
+        raise ValueError(f"{where}: cls {cls_shape} but the manifest says {spec.cls_channels}")
+
+
 def stats_path(stats_dir: Path, teacher: str) -> Path:
     return Path(stats_dir) / f"{teacher}.safetensors"
 
@@ -179,22 +199,7 @@ class DatasetView:
         for name, record in self.records.items():
             spot = f"{self.path}/{name}/{sample.shard} key {sample.key!r}"
             stored = parse_sample(sample.features[name], spot)
-            if stored.key != sample.key or stored.teacher != name:
-                raise ValueError(
-                    f"{spot}: blob says key {stored.key!r} of teacher {stored.teacher!r}; re-extract {name!r}"
-                )
-            spec = record.target_spec
-            if stored.storage != record.storage:
-                raise ValueError(
-                    f"{spot}: stored as {stored.storage}, the manifest says {record.storage}; re-extract {name!r}"
-                )
-            if tuple(stored.patch.shape) != (*spec.grid, spec.channels):
-                raise ValueError(
-                    f"{spot}: patch {tuple(stored.patch.shape)} but the manifest says {(*spec.grid, spec.channels)}"
-                )
-            cls_shape = None if stored.cls is None else tuple(stored.cls.shape)
-            if cls_shape != (None if spec.cls_channels is None else (spec.cls_channels,)):
-                raise ValueError(f"{spot}: cls {cls_shape} but the manifest says {spec.cls_channels}")
+            check_stored(stored, sample.key, name, record, spot)
             features[name] = stored
         try:
             meta = json.loads(sample.meta)

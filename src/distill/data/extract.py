@@ -66,6 +66,12 @@ class ExtractConfig:
     overwrite: bool = False  # re-extract from scratch (deletes these teachers' shards of these splits)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.decode_threads < 1:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) and decode_threads ({self.decode_threads}) must be at least 1"
+            )
+
 
 @dataclass
 class ExtractReport:

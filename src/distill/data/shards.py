@@ -105,7 +105,9 @@ class _Tracker:
         if key != self.key:
             if key in self.seen:
                 raise ShardError(
-                    f"{self.path}: key {key!r} appears twice (again at sample {self.ordinal + 1})"
+                    f"{self.path}: key {key!r} appears twice (again at sample {self.ordinal + 1}); rebuild this shard",
+                    self.path,
+                    key,
                 )
             check_key(key, str(self.path))
             self.seen.add(key)
@@ -123,7 +125,7 @@ def iter_shard_counted(path: Path, want: Want | None, total: list[int]) -> Itera
     """Like :func:`iter_shard`; on exhaustion appends the shard's full sample count to ``total``."""
     if not path.is_file():
         raise ShardError(
-            f"{path}: shard is missing; rerun the step that writes it (organize or feature_extraction)"
+            f"{path}: shard is missing; rerun the step that writes it (organize or feature_extraction)", path
         )
     tracker = _Tracker(path, want)
     current: ShardSample | None = None
@@ -166,13 +168,15 @@ def list_keys(path: Path) -> list[str]:
                 key, _ = split_member(member.name, path)
                 if member.offset_data + member.size > size:
                     raise ShardError(
-                        f"{path}: truncated inside key {key!r}; delete it and rerun the step that writes it"
+                        f"{path}: truncated inside key {key!r}; delete it and rerun the step that writes it",
+                        path,
+                        key,
                     )
                 if not keys or keys[-1] != key:
                     keys.append(key)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardError(
-            f"{path}: unreadable tar ({exc}); delete it and rerun the step that writes it"
+            f"{path}: unreadable tar ({exc}); delete it and rerun the step that writes it", path
         ) from exc
     if len(set(keys)) != len(keys):
         raise ShardError(f"{path}: a key appears in two separate runs of members; rebuild this shard", path)

@@ -108,6 +108,8 @@ def decode_teacher_frames(
     draws the student row in that basis).
     """
     check_image_batch(images, "images to decode")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     targets = tuple(targets)
     used = {name: t for name, t in teachers.items() if decoder_kind(name) in targets}
     decoder = FrameDecoder(

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher-weights",
         nargs="+",
+        action="extend",
         default=[],
         metavar="NAME=WEIGHTS",
         help="hub id, directory or file per teacher (implies hub under auto; default: the registry's weights)",
@@ -70,12 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--points",
         nargs="+",
+        action="extend",
         default=[],
         metavar="X,Y[,LABEL]",
         help="SAM point prompts in canonical-view pixels, together one object; LABEL 1 foreground (default), 0 background",
     )
     parser.add_argument(
-        "--boxes", nargs="+", default=[], metavar="X0,Y0,X1,Y1", help="SAM box prompts, one object each"
+        "--boxes",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help="SAM box prompts, one object each",
     )
     defaults = MaskSettings()
     parser.add_argument(

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     hub = args.teachers == "hub"
+    if args.weights and not hub:
+        raise SystemExit(
+            "--weights picks pretrained teacher weights, but --teachers tiny builds random miniatures; "
+            "add --teachers hub or drop --weights"
+        )
     cfg = DemoConfig(
         output=args.output.resolve(),
         teacher_source=args.teachers,
@@ -57,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] report:    {report}")
     print(f"[demo] decoded:   {result.decoded}")
     print(f"[demo] run dir:   {result.run_dir}")
-    print(
-        "[demo] checkpoint folder for your own code: Student.from_pretrained(<run dir>/checkpoints/step_*/student)"
-    )
+    print(f"[demo] student:   {result.student} (load it with Student.from_pretrained)")
 
 
 if __name__ == "__main__":

@@ -69,10 +69,6 @@ class DemoResult:
         return self.run_dir / "student"
 
     @property
-    def video(self) -> Path:
-        return self.config.output / "media" / "clip.mp4"
-
-    @property
     def decoded(self) -> Path:
         return self.config.output / "decoded"
 
@@ -92,15 +88,25 @@ def torchrun(processes: int, path: str) -> list[str]:
     return [*launcher, str(REPO / "scripts" / path)]
 
 
-def run_step(result: DemoResult, name: str, command: Sequence[str]) -> None:
-    """Run one command in the repo root, echo it, and stop the demo with its output if it fails."""
+HUB_HINT = (
+    "real teachers load their weights from a hub or a local mirror: on an offline machine pass each one, e.g. "
+    "python -m distill.demo --teachers hub --weights dinov2=/models/dinov2-large "
+    "--weights sam=vit_h:/models/sam_vit_h_4b8939.pth ... (README, 'Teachers')"
+)
+
+
+def run_step(result: DemoResult, name: str, command: Sequence[str], hint: str = "") -> None:
+    """Run one command in the repo root, echo it, and stop the demo with its output (and ``hint``) if it fails."""
     shown = shlex.join(command).replace(sys.executable, "python")
     print(f"\n[demo] {name}\n  $ {shown}", flush=True)
     started = time.perf_counter()
     completed = subprocess.run(list(command), cwd=REPO, check=False)
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
-        raise SystemExit(f"[demo] step '{name}' failed (exit {completed.returncode}); its output is above")
+        advice = f"\n[demo] {hint}" if hint else ""
+        raise SystemExit(
+            f"[demo] step '{name}' failed (exit {completed.returncode}); its output is above{advice}"
+        )
     result.steps.append(StepResult(name, shown, seconds))
     print(f"[demo] {name}: {seconds:.1f} s", flush=True)
 
@@ -149,6 +155,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             *weights_flags,
             "--no-progress",
         ],
+        hint=HUB_HINT if cfg.teacher_source == "hub" else "",
     )
     run_step(
         result,

@@ -47,6 +47,8 @@ class StudentConfig:
     patch_size: int = 16
     bottleneck: Bottleneck = "cls"
     d_z: int = 384  # width of the compact representation z
+    # Token decoder (bottleneck="cls" only; "none" has no decoder and refuses decoder_dim/decoder_heads,
+    # while decoder_depth keeps whatever the model preset says and is not read).
     decoder_dim: int | None = None  # token decoder width; None = backbone width
     decoder_depth: int = 2
     decoder_heads: int | None = None  # None = backbone heads
@@ -78,6 +80,18 @@ class StudentConfig:
         for name, value in sizes.items():
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.bottleneck == "none":
+            given = [
+                f"{name}={value}"
+                for name, value in (("decoder_dim", self.decoder_dim), ("decoder_heads", self.decoder_heads))
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} sets the token decoder, which bottleneck='none' does not have "
+                    "(its heads read the backbone's patch tokens at the backbone width); "
+                    "drop them (null) or use bottleneck='cls'"
+                )
         if self.decoder_dim_resolved % self.decoder_heads_resolved:
             raise ValueError(
                 f"decoder_dim {self.decoder_dim_resolved} is not divisible by decoder_heads {self.decoder_heads_resolved}"

@@ -6,7 +6,7 @@ Layout of ``<run_dir>/checkpoints/step_00000120/``::
     ema/              the EMA student folder, when EMA is on
     optimizer.pt      AdamW state (torch.save of tensors and numbers; loaded with weights_only=True)
     rng.safetensors   every rank's generator states (metadata holds the non-tensor parts)
-    trainer.json      step, loader position, world size, batch size, schedule (written last)
+    trainer.json      step, loader position, world size, batch size, accumulation, schedule (written last)
 
 Everything is written into ``checkpoints/.tmp-step_00000120-<pid>/``, every file fsynced, then the
 directory is renamed to its final name. A directory whose name starts with ``.tmp-`` is an

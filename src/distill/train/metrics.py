@@ -8,6 +8,7 @@ describes one trajectory.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from distill.io import atomic_write_text
 
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_id.txt"
 WandbMode = Literal["online", "offline", "disabled"]
@@ -46,12 +48,15 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the kill that interrupted the run
+            log.warning(
+                "%s: dropping line %d, not JSON (cut by the interruption?): %.80s", path, number, line
+            )
             continue
         if int(record.get("step", 0)) <= step:
             kept.append(line)

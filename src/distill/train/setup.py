@@ -129,7 +129,6 @@ def build_loss_config(cfg: RunConfig) -> LossConfig:
 class Inputs:
     """Everything a run reads before it touches its run directory, checked up front."""
 
-    manifest: Manifest
     teachers: TeacherPlan
     student: StudentConfig
     loader: LoaderPlan
@@ -154,4 +153,4 @@ def prepare_inputs(cfg: RunConfig, ctx: DistContext) -> Inputs:
             cfg.training.steps,
             cfg.training.lr,
         )
-    return Inputs(manifest, teachers, student, loader, loss, loader.offline_stats(teachers.specs))
+    return Inputs(teachers, student, loader, loss, loader.offline_stats(teachers.specs))
