@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
+from teacher_helpers import assert_same_teacher
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from distill.teachers import dinov2, load_teacher, mae
@@ -74,10 +75,7 @@ def test_checkpoint_file_round_trips(
     path = tmp_path / f"open_clip_model{suffix}"
     save_state_dict(tiny_clip_model().state_dict(), path)
     loaded = load_teacher("clip", source="hub", weights=f"{TINY_ARCH}:{path}", device="cpu")
-    assert loaded.spec == tiny.spec
-    expected, got = tiny(images), loaded(images)
-    assert torch.equal(got.patch, expected.patch)
-    assert got.cls is not None and expected.cls is not None and torch.equal(got.cls, expected.cls)
+    assert_same_teacher(loaded, tiny, images)
 
 
 def test_local_dir_carries_architecture_and_preprocessing(images: torch.Tensor, tmp_path: Path) -> None:
@@ -149,10 +147,7 @@ def test_hf_vision_checkpoint_round_trips(images: torch.Tensor, tmp_path: Path) 
     assert isinstance(tiny_hf, HfClipTeacher)
     tiny_hf.model.save_pretrained(tmp_path)
     loaded = load_teacher("clip_hf", source="hub", weights=str(tmp_path), device="cpu")
-    assert loaded.spec == tiny_hf.spec
-    expected, got = tiny_hf(images), loaded(images)
-    assert torch.equal(got.patch, expected.patch)
-    assert got.cls is not None and expected.cls is not None and torch.equal(got.cls, expected.cls)
+    assert_same_teacher(loaded, tiny_hf, images)
 
 
 def test_hf_full_clip_checkpoint_gives_its_image_embedding_and_post_layernorm_tokens(

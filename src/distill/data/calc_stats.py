@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from distill.data import dist
+from distill.data.cli import setup_logging
 from distill.data.codec import SampleFeatures, parse_sample
 from distill.data.dataset import check_stored
 from distill.data.manifest import TeacherRecord, load_manifest
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     info = dist.init_distributed()
     try:
         results = compute_stats(StatsConfig(args.dataset, tuple(args.teachers), args.split, args.output_dir))

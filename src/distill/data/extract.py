@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from distill.data import dist
 from distill.data.background import background
+from distill.data.cli import setup_logging
 from distill.data.codec import STORAGE_DTYPES, StorageDtype, area_downsample, check_storage, encode_batch
 from distill.data.decode import decode_view
 from distill.data.manifest import (
@@ -494,7 +495,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = config_from_args(args)
     info = dist.init_distributed()
     try:

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from distill.data.cli import config_from_args, setup_logging
 from distill.data.dataset_dir import prepare_dataset_dir
 from distill.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.data.keys import make_keys, path_digest
@@ -234,22 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = organize_images(
-        OrganizeConfig(
-            source=args.source,
-            dataset=args.dataset,
-            size=args.size,
-            quality=args.quality,
-            samples_per_shard=args.samples_per_shard,
-            val_fraction=args.val_fraction,
-            min_size=args.min_size,
-            max_pixels=args.max_pixels,
-            seed=args.seed,
-            workers=args.workers,
-            overwrite=args.overwrite,
-        )
-    )
+    setup_logging()
+    report = organize_images(config_from_args(OrganizeConfig, args))
     print(json.dumps({"dataset": str(report.dataset), "counts": report.counts, "rejected": report.rejected}))
     return 0
 

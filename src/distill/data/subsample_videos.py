@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 from PIL import Image
 
+from distill.data.cli import config_from_args, setup_logging
 from distill.data.dataset_dir import prepare_dataset_dir
 from distill.data.keys import make_keys, path_digest
 from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
@@ -227,20 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    counts = subsample_videos(
-        VideoConfig(
-            source=args.source,
-            dataset=args.dataset,
-            size=args.size,
-            quality=args.quality,
-            samples_per_shard=args.samples_per_shard,
-            every_n=args.every_n,
-            fps=args.fps,
-            val_fraction=args.val_fraction,
-            overwrite=args.overwrite,
-        )
-    )
+    setup_logging()
+    counts = subsample_videos(config_from_args(VideoConfig, args))
     print(json.dumps({"dataset": str(args.dataset), "counts": counts}))
     return 0
 

@@ -230,12 +230,20 @@ def processor_input_size(preprocessor: Mapping[str, Any]) -> int | None:
 def vit_spec(
     name: str,
     config: PreTrainedConfig,
-    input_size: int,
-    mean: Triple,
-    std: Triple,
+    preprocessor: Mapping[str, Any],
+    default_mean: Sequence[float],
+    default_std: Sequence[float],
     cls_channels: int | None,
+    input_size: int | None = None,
 ) -> TeacherSpec:
-    """Spec of a ViT-like config (``patch_size``, ``hidden_size``, ``num_channels``) at ``input_size``."""
+    """Spec of a ViT-like config (``patch_size``, ``hidden_size``, ``num_channels``).
+
+    Mean/std come from the checkpoint's image processor, else the family's defaults; the input size is
+    ``input_size`` when given, else ``config.image_size`` (the size its position embeddings were made for).
+    """
+    mean, std = normalization(preprocessor, default_mean, default_std)
+    if input_size is None:
+        input_size = square_size(config.image_size, "config.image_size")
     patch = square_size(config.patch_size, f"{name} patch_size")
     if config.num_channels != 3:
         raise ValueError(

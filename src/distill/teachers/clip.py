@@ -234,9 +234,14 @@ def tiny_hf_config() -> CLIPVisionConfig:
 
 def hf_clip_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
     """Input size = config.image_size (fixed position embeddings); CLS = projection_dim channels."""
-    mean, std = normalization(preprocessor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    input_size = square_size(config.image_size, "config.image_size")
-    return vit_spec(HF_NAME, config, input_size, mean, std, cls_channels=int(config.projection_dim))
+    return vit_spec(
+        HF_NAME,
+        config,
+        preprocessor,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        cls_channels=int(config.projection_dim),
+    )
 
 
 class HfClipTeacher(Teacher):

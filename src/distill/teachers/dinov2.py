@@ -25,11 +25,9 @@ from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT
 
 from distill.teachers._hf import (
     load_pretrained,
-    normalization,
     processor_input_size,
     read_preprocessor,
     seeded,
-    square_size,
     tokens_to_grid,
     vit_spec,
 )
@@ -53,9 +51,15 @@ def tiny_config() -> Dinov2Config:
 
 def dinov2_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
     """Input size from the image processor's crop (else config.image_size); channels = hidden size."""
-    input_size = processor_input_size(preprocessor) or square_size(config.image_size, "config.image_size")
-    mean, std = normalization(preprocessor, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-    return vit_spec(NAME, config, input_size, mean, std, cls_channels=int(config.hidden_size))
+    return vit_spec(
+        NAME,
+        config,
+        preprocessor,
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        cls_channels=int(config.hidden_size),
+        input_size=processor_input_size(preprocessor),
+    )
 
 
 def register_tokens(config: Any) -> int:

@@ -35,10 +35,8 @@ from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT
 from distill.geometry import check_image_batch
 from distill.teachers._hf import (
     load_pretrained,
-    normalization,
     read_preprocessor,
     seeded,
-    square_size,
     tokens_to_grid,
     vit_spec,
 )
@@ -69,9 +67,14 @@ def tiny_config() -> ViTMAEConfig:
 
 def mae_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
     """Input size = config.image_size (fixed position embeddings); channels = hidden size."""
-    mean, std = normalization(preprocessor, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-    input_size = square_size(config.image_size, "config.image_size")
-    return vit_spec(NAME, config, input_size, mean, std, cls_channels=int(config.hidden_size))
+    return vit_spec(
+        NAME,
+        config,
+        preprocessor,
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        cls_channels=int(config.hidden_size),
+    )
 
 
 class MaeTeacher(Teacher):
