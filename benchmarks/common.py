@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from distill.data.organize import OrganizeConfig, organize_images
 from distill.io import atomic_write_text
+from distill.preprocess.organize import OrganizeConfig, organize_images
 from distill.synthetic import write_image_folder
 
 HERE = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Extraction throughput as a ratio to the bare teacher forward pass (DESIGN.md section 9: >= 90%).
 
 Bare: ``teacher(images)`` over the dataset's images, already decoded into uint8 batches in
-memory, on the same device and batch size. Pipeline: ``distill.data.extract.run_extraction``
+memory, on the same device and batch size. Pipeline: ``distill.preprocess.extract.run_extraction``
 over the same image shards with the same teacher modules: tar reading, JPEG decoding (a
 background thread), the forward, quantisation, safetensors and tar writing (a writer thread),
 atomic renames. Both are timed as the best of ``--repeats`` runs.
@@ -19,10 +19,10 @@ import torch
 
 from common import FIVE, base_parser, best_seconds, device_of, machine, synthetic_dataset, write_result
 from distill.data.codec import encode_batch
-from distill.data.dist import DistInfo
-from distill.data.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
 from distill.data.manifest import load_manifest
 from distill.data.shards import write_shard
+from distill.distributed import DistContext
+from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
 from distill.teachers import Teacher, load_teacher
 
 
@@ -42,7 +42,7 @@ def measure(
                 teacher(images)
 
     def pipeline() -> None:
-        report = run_extraction(cfg, teachers, DistInfo())
+        report = run_extraction(cfg, teachers, DistContext())
         assert report.samples == samples
 
     bare()  # warm-up (first-call allocations, cudnn autotune)

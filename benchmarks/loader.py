@@ -27,16 +27,16 @@ import numpy as np
 import torch
 
 from common import FIVE, base_parser, machine, synthetic_dataset, write_result
-from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.codec import encode_batch
 from distill.data.dataset import Batch
-from distill.data.dist import DistInfo
-from distill.data.extract import ExtractConfig, TeacherJob, run_extraction
 from distill.data.loader import LoaderConfig, train_batches
 from distill.data.manifest import TeacherRecord, load_manifest, update_manifest
 from distill.data.shards import list_keys, write_shard
+from distill.distributed import DistContext
+from distill.features import TeacherSpec
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
 from distill.teachers import load_teacher
-from distill.teachers.base import TeacherSpec
 from storage import REAL_SIZES
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = synthetic_dataset(root / "tiny", args.images, args.size, 32)
         teachers = {name: load_teacher(name, "tiny", device=device) for name in FIVE}
         jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in FIVE)
-        run_extraction(ExtractConfig(dataset, jobs, progress=False), teachers, DistInfo())
+        run_extraction(ExtractConfig(dataset, jobs, progress=False), teachers, DistContext())
         compute_stats(StatsConfig(dataset, FIVE, "train", root / "stats_tiny"))
         cfg = LoaderConfig(
             dataset,

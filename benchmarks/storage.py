@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from common import FIVE, base_parser, device_of, machine, write_result
 from distill.data.codec import area_downsample, decode_sample, encode_batch
 from distill.data.shards import write_shard
+from distill.features import TeacherOutput
 from distill.synthetic import render_scene
 from distill.teachers import load_teacher
-from distill.teachers.base import TeacherOutput
 
 THEIA_BYTES_PER_IMAGE = 4.2e6
 # Real output sizes of the default teachers: (grid, channels, cls channels). CLIP ViT-L-14 tokens are

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distill.features import TeacherSpec
 from distill.io import atomic_write_text
 from distill.models import Student, StudentConfig
 from distill.models.config import Bottleneck, HeadKind
-from distill.teachers.base import TeacherSpec
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

@@ -9,8 +9,8 @@ import av
 import pytest
 import torch
 
-from distill.data.stats import StatsAccumulator
 from distill.models import Student, StudentConfig
+from distill.stats import StatsAccumulator
 from distill.teachers import load_teacher
 
 REPO = Path(__file__).resolve().parents[1]

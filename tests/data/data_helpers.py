@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from data_bad_inputs import write_bad_inputs
 
-from distill.data.calc_stats import StatsConfig, compute_stats
-from distill.data.dist import DistInfo
-from distill.data.extract import ExtractConfig, TeacherJob, run_extraction
-from distill.data.organize import OrganizeConfig, organize_images
+from distill.distributed import DistContext
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
+from distill.preprocess.organize import OrganizeConfig, organize_images
 from distill.synthetic import write_image_folder
 from distill.teachers import Teacher, load_teacher
 
@@ -64,7 +64,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_teachers: dict[str, Tea
     dataset = root / "ds"
     organize_images(OrganizeConfig(root / "source", dataset, size=SIZE, samples_per_shard=PER_SHARD))
     cfg = ExtractConfig(dataset, JOBS, batch_size=4, progress=False)
-    run_extraction(cfg, tiny_teachers, DistInfo())
+    run_extraction(cfg, tiny_teachers, DistContext())
     compute_stats(StatsConfig(dataset, (), "train", root / "stats"))
     return Built(root / "source", dataset, root / "stats", expected)
 

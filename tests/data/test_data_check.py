@@ -9,12 +9,12 @@ import torch
 from data_helpers import FIVE, Built
 from safetensors.torch import load, save
 
-from distill.data import check
-from distill.data.check import check_dataset
 from distill.data.codec import read_metadata
 from distill.data.loader import LoaderConfig, eval_batches, train_batches
 from distill.data.shards import ShardError, iter_shard, list_keys, write_shard
-from distill.data.stats import FeatureStats
+from distill.preprocess import check
+from distill.preprocess.check import check_dataset
+from distill.stats import FeatureStats
 
 
 def test_sound_dataset_passes(built: Built, capsys: pytest.CaptureFixture[str]) -> None:

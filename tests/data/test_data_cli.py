@@ -11,11 +11,11 @@ from data_helpers import Built
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "preprocessing"
 COMMANDS = {
-    "organize_webdataset.py": "distill.data.organize",
-    "subsample_videos.py": "distill.data.subsample_videos",
-    "feature_extraction.py": "distill.data.extract",
-    "calc_feature_stats.py": "distill.data.calc_stats",
-    "check_dataset.py": "distill.data.check",
+    "organize_webdataset.py": "distill.preprocess.organize",
+    "subsample_videos.py": "distill.preprocess.subsample_videos",
+    "feature_extraction.py": "distill.preprocess.extract",
+    "calc_feature_stats.py": "distill.preprocess.calc_stats",
+    "check_dataset.py": "distill.preprocess.check",
 }
 # runpy warns that the module is already imported (by this test process); running it again is the point.
 pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")
@@ -38,12 +38,12 @@ def test_check_runs_as_a_module(
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["check", str(built.dataset)])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("distill.data.check", run_name="__main__")
+        runpy.run_module("distill.preprocess.check", run_name="__main__")
     assert exit_info.value.code == 0 and "OK" in capsys.readouterr().out
 
 
 def test_bad_options_are_refused(built: Built) -> None:
-    from distill.data.extract import build_parser, config_from_args
+    from distill.preprocess.extract import build_parser, config_from_args
 
     with pytest.raises(ValueError, match="not extracted"):
         config_from_args(

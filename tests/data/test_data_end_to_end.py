@@ -17,13 +17,13 @@ import pytest
 import torch
 from data_helpers import FIVE, write_source
 
-from distill.data import check, organize
-from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.loader import LoaderConfig, eval_batches, train_batches
 from distill.data.manifest import load_manifest
-from distill.data.rejected import read_rejections
 from distill.data.shards import list_keys
-from distill.data.stats import FeatureStats
+from distill.preprocess import check, organize
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.rejected import read_rejections
+from distill.stats import FeatureStats
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "preprocessing"
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from data_helpers import FIVE, JOBS, Built
 
-from distill.data.check import check_dataset
 from distill.data.codec import decode_sample, read_metadata
-from distill.data.dist import DistInfo
-from distill.data.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
 from distill.data.manifest import load_manifest
-from distill.data.organize import OrganizeConfig, organize_images
 from distill.data.shards import iter_shard, list_keys, write_shard
+from distill.distributed import DistContext
+from distill.preprocess.check import check_dataset
+from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
+from distill.preprocess.organize import OrganizeConfig, organize_images
 from distill.teachers import Teacher
 
 
@@ -74,7 +74,7 @@ def test_rerun_skips_complete_shards(built: Built, tiny_teachers: dict[str, Teac
     dataset = tmp_path / "ds"
     shutil.copytree(built.dataset, dataset)
     report = run_extraction(
-        ExtractConfig(dataset, JOBS, batch_size=4, progress=False), tiny_teachers, DistInfo()
+        ExtractConfig(dataset, JOBS, batch_size=4, progress=False), tiny_teachers, DistContext()
     )
     assert (
         report.shards_written == 0
@@ -98,7 +98,9 @@ def test_partial_work_of_a_killed_run_is_redone_exactly_once(
         for sample in iter_shard(built.dataset / "dinov2" / "train-000003.tar"):
             if sample.key != keys[-1]:
                 sink.write(sample.key, sample.files)
-    report = run_extraction(ExtractConfig(ds, JOBS, batch_size=4, progress=False), tiny_teachers, DistInfo())
+    report = run_extraction(
+        ExtractConfig(ds, JOBS, batch_size=4, progress=False), tiny_teachers, DistContext()
+    )
     redone = [
         "clip/train-000002.tar",
         "dinov2/train-000003.tar",
@@ -124,7 +126,16 @@ def test_sigkill_mid_extraction_then_rerun(
 ) -> None:
     ds = tmp_path / "big"
     organize_images(OrganizeConfig(built.source, ds, size=64, samples_per_shard=100))
-    command = [sys.executable, "-m", "distill.data.extract", str(ds), "--teachers", *FIVE, "--source", "tiny"]
+    command = [
+        sys.executable,
+        "-m",
+        "distill.preprocess.extract",
+        str(ds),
+        "--teachers",
+        *FIVE,
+        "--source",
+        "tiny",
+    ]
     command += ["--storage", "int8", "--batch-size", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -140,7 +151,7 @@ def test_sigkill_mid_extraction_then_rerun(
     assert list(ds.glob("*/.*.tmp")), "a killed run leaves its temporary file behind"
     assert all(not r.complete_splits for r in load_manifest(ds).teachers.values())
     jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in FIVE)
-    run_extraction(ExtractConfig(ds, jobs, batch_size=8, progress=False), tiny_teachers, DistInfo())
+    run_extraction(ExtractConfig(ds, jobs, batch_size=8, progress=False), tiny_teachers, DistContext())
     _assert_one_entry_per_key(ds)
     assert all(r.complete_splits == ("train", "val") for r in load_manifest(ds).teachers.values())
 
@@ -150,9 +161,9 @@ def test_differently_made_features_are_not_mixed(
 ) -> None:
     jobs = (TeacherJob("clip", "tiny", None, "fp16"),)
     with pytest.raises(ValueError, match=r"teacher 'clip' were extracted differently.*--overwrite"):
-        run_extraction(ExtractConfig(dataset_copy, jobs, progress=False), tiny_teachers, DistInfo())
+        run_extraction(ExtractConfig(dataset_copy, jobs, progress=False), tiny_teachers, DistContext())
     run_extraction(
-        ExtractConfig(dataset_copy, jobs, overwrite=True, progress=False), tiny_teachers, DistInfo()
+        ExtractConfig(dataset_copy, jobs, overwrite=True, progress=False), tiny_teachers, DistContext()
     )
     assert load_manifest(dataset_copy).teachers["clip"].storage == "fp16"
     blob = next(iter_shard(dataset_copy / "clip" / "train-000000.tar")).files["clip.safetensors"]
@@ -161,7 +172,7 @@ def test_differently_made_features_are_not_mixed(
         run_extraction(
             ExtractConfig(dataset_copy, (TeacherJob("sam", "tiny", None, "int8", (16, 16)),), progress=False),
             tiny_teachers,
-            DistInfo(),
+            DistContext(),
         )
 
 

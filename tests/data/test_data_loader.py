@@ -15,7 +15,7 @@ from distill.data.dataset import Batch, concat_batches
 from distill.data.loader import LoaderConfig, eval_batches, target_specs, train_batches
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard, list_keys
-from distill.data.stats import FeatureStats
+from distill.stats import FeatureStats
 
 
 def _cfg(built: Built, **overrides: object) -> LoaderConfig:

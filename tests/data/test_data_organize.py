@@ -11,11 +11,11 @@ import pytest
 from data_helpers import PER_SHARD, SIZE, Built
 from PIL import Image
 
-from distill.data.images import ImageLimits, RejectedInput, load_rgb
 from distill.data.manifest import load_manifest
-from distill.data.organize import OrganizeConfig, organize_images
-from distill.data.rejected import read_rejections
 from distill.data.shards import iter_shard, list_keys
+from distill.images import ImageLimits, RejectedInput, load_rgb
+from distill.preprocess.organize import OrganizeConfig, organize_images
+from distill.preprocess.rejected import read_rejections
 from distill.synthetic import write_image_folder
 
 

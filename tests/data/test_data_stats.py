@@ -9,13 +9,13 @@ import pytest
 import torch
 from data_helpers import FIVE, Built
 
-from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.codec import decode_sample
 from distill.data.loader import LoaderConfig, train_batches
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard
-from distill.data.stats import FeatureStats, StatsAccumulator, pack_state, unpack_state
-from distill.teachers.base import TeacherOutput
+from distill.features import TeacherOutput
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.stats import FeatureStats, StatsAccumulator, pack_state, unpack_state
 
 
 def _stored(dataset: Path, teacher: str, split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:

@@ -17,9 +17,9 @@ from distill.data.manifest import (
     save_manifest,
     update_manifest,
 )
-from distill.data.rejected import Rejection, read_rejections, write_rejections
 from distill.data.shards import ShardError, SplitWriter, iter_shard, list_keys, write_shard
-from distill.teachers.base import TeacherSpec
+from distill.features import TeacherSpec
+from distill.preprocess.rejected import Rejection, read_rejections, write_rejections
 
 
 def test_keys_are_safe_readable_and_unique() -> None:

@@ -9,14 +9,14 @@ import av
 import pytest
 import torch
 
-from distill.data.calc_stats import StatsConfig, compute_stats
 from distill.data.clips import video_clips
-from distill.data.dist import DistInfo
-from distill.data.extract import ExtractConfig, TeacherJob, run_extraction
 from distill.data.manifest import load_manifest
-from distill.data.rejected import read_rejections
 from distill.data.shards import iter_shard
-from distill.data.subsample_videos import VideoConfig, subsample_videos
+from distill.distributed import DistContext
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
+from distill.preprocess.rejected import read_rejections
+from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.synthetic import write_video
 from distill.teachers import Teacher
 
@@ -78,7 +78,7 @@ def test_clips_in_frame_order_with_targets(tmp_path: Path, tiny_teachers: dict[s
     run_extraction(
         ExtractConfig(ds, (TeacherJob("dinov2", "tiny", None, "int8"),), progress=False),
         tiny_teachers,
-        DistInfo(),
+        DistContext(),
     )
     compute_stats(StatsConfig(ds, ("dinov2",), "train", tmp_path / "stats"))
     clips = list(video_clips(ds, "train", clip_len=4, teachers=("dinov2",), stats_dir=tmp_path / "stats"))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from distill.data.stats import FeatureStats, StatsAccumulator
 from distill.geometry import canonical_view
 from distill.models.config import StudentConfig
 from distill.models.student import Student
+from distill.stats import FeatureStats, StatsAccumulator
 from distill.synthetic import render_scene
 from distill.teachers import Teacher, load_teacher
 

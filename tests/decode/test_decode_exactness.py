@@ -12,8 +12,9 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from distill.decode import MaskSettings, Prompts, decode_features, load_decoder_teachers
+from distill.features import TeacherOutput
 from distill.models.student import Student
-from distill.teachers import Teacher, TeacherOutput
+from distill.teachers import Teacher
 
 SETTINGS = MaskSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig, StudentOutput
-from distill.teachers.base import TeacherOutput, TeacherSpec
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 SPECS = {

@@ -9,9 +9,9 @@ from typing import Any, cast
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from distill.data.stats import FeatureStats
+from distill.features import TeacherSpec
 from distill.models import SIZES, Student, StudentConfig, StudentOutput
-from distill.teachers.base import TeacherSpec
+from distill.stats import FeatureStats
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -17,8 +17,8 @@ from student_fixtures import (
     save_deit_like,
 )
 
-from distill.data.stats import FeatureStats
 from distill.models import Student
+from distill.stats import FeatureStats
 
 
 @pytest.mark.parametrize(("bottleneck", "head"), [("cls", "mlp"), ("cls", "conv"), ("none", "mlp")])

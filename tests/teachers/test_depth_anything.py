@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from distill.features import TeacherOutput
 from distill.synthetic import render_scene
-from distill.teachers import TeacherOutput, load_teacher
+from distill.teachers import load_teacher
 from distill.teachers.depth_anything import (
     DepthAnythingTeacher,
     build_tiny_depth_anything,

@@ -9,7 +9,8 @@ import torch
 from teacher_helpers import assert_same_teacher
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
-from distill.teachers import TeacherOutput, dinov2, load_teacher
+from distill.features import TeacherOutput
+from distill.teachers import dinov2, load_teacher
 from distill.teachers._hf import seeded
 from distill.teachers.mae import MaeTeacher, mae_spec, tiny_config
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.teachers import Teacher, TeacherOutput, TeacherSpec, get_entry, load_teacher, teacher_names
+from distill.features import TeacherOutput, TeacherSpec
+from distill.teachers import Teacher, get_entry, load_teacher, teacher_names
 
 NAMES = teacher_names()
 DECODER_KINDS = {None, "pca", "masks", "depth", "pixels"}
@@ -142,7 +143,7 @@ def test_importing_the_package_leaves_the_heavy_families_unloaded() -> None:
     import sys
 
     code = (
-        "import sys, distill.teachers, distill.data.stats;"
+        "import sys, distill.teachers, distill.stats;"
         "heavy = [m for m in ('open_clip', 'segment_anything', 'distill.teachers.sam') if m in sys.modules];"
         "assert not heavy, heavy;"
         "from distill.teachers import teacher_names;"

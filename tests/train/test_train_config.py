@@ -12,10 +12,11 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from distill.data.stats import FeatureStats
+from distill.features import TeacherSpec
 from distill.models import Student
 from distill.models.config import StudentConfig
-from distill.teachers import TeacherSpec, load_teacher
+from distill.stats import FeatureStats
+from distill.teachers import load_teacher
 from distill.train import main
 from distill.train.config import RunConfig, load_run_config
 from distill.train.setup import build_loss_config, check_architecture, load_student_weights, student_config

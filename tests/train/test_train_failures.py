@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import TinyData, data_overrides, run_train
 
-from distill.data.stats import FeatureStats
+from distill.stats import FeatureStats
 from distill.train import main
 
 

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from train_helpers import ReferenceRun, TinyData, data_overrides, run_train
 
-from distill.data.stats import FeatureStats
 from distill.models import Student
+from distill.stats import FeatureStats
 
 
 def test_finetune_starts_from_the_checkpoint_on_a_domain_dataset(

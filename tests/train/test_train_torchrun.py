@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from train_helpers import REFERENCE_BATCH, REPO, SCRIPT, ReferenceRun, run_train, train_env
 
-from distill.data.stats import FeatureStats
 from distill.models import Student
+from distill.stats import FeatureStats
 
 
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:

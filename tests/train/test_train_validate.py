@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from distill.data.dataset import Batch
+from distill.distributed import DistContext
+from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig
-from distill.teachers import TeacherOutput, load_teacher
-from distill.train.distributed import DistContext
+from distill.teachers import load_teacher
 from distill.train.validate import evaluate, metric_names
 
 

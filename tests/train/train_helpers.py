@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.calc_stats import StatsConfig, compute_stats
-from distill.data.extract import ExtractConfig, TeacherJob, extract_features
-from distill.data.organize import OrganizeConfig, organize_images
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, extract_features
+from distill.preprocess.organize import OrganizeConfig, organize_images
 from distill.synthetic import write_image_folder
 
 REPO = Path(__file__).resolve().parents[2]

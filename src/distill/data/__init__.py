@@ -1,9 +1,9 @@
-"""The data pipeline: images and videos to shards, teacher features, stats, and the training loader.
+"""The dataset format and its readers.
 
-Commands (each also ``python -m distill.data.<module>``, wrapped by scripts/preprocessing/):
-``organize`` (image folder -> image shards), ``subsample_videos`` (videos -> frame shards),
-``extract`` (teacher features, torchrun-aware), ``calc_stats`` (feature stats), ``check``.
-Library: ``loader`` (``LoaderConfig``, ``train_batches``, ``eval_batches``), ``clips`` (``video_clips``),
-``stats`` (``FeatureStats``), ``manifest``, ``shards``, ``codec`` (the per-sample feature blob).
-Format: docs/dataset_format.md.
+Format: ``manifest`` (splits, shards, teacher records), ``shards`` (tar shards, keys in order),
+``keys`` (sample keys), ``codec`` (the per-sample feature blob). Readers: ``join`` (image and
+feature shards joined by key), ``jpeg`` (stored views -> tensors), ``dataset`` (one split as
+served: dequantised, normalised targets), ``streams`` (deterministic shard streams), ``loader``
+(``LoaderConfig``, ``train_batches``, ``eval_batches``) and ``clips`` (``video_clips``).
+The commands that write a dataset live in :mod:`distill.preprocess`. Format: docs/dataset_format.md.
 """

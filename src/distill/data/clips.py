@@ -18,7 +18,7 @@ import torch
 
 from distill.data.dataset import DecodedSample, open_view
 from distill.data.join import iter_joined
-from distill.teachers.base import TeacherOutput
+from distill.features import TeacherOutput
 
 
 @dataclass

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from distill.data.codec import StoredFeatures, parse_sample
-from distill.data.decode import decode_view
 from distill.data.join import JoinedSample
+from distill.data.jpeg import decode_view
 from distill.data.manifest import Manifest, ShardInfo, TeacherRecord, load_manifest
-from distill.data.stats import FeatureStats
-from distill.teachers.base import TeacherOutput, TeacherSpec
+from distill.features import TeacherOutput, TeacherSpec
+from distill.stats import FeatureStats
 
 
 @dataclass

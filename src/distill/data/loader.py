@@ -28,7 +28,7 @@ from distill.data.dataset import Batch, DatasetView, DecodedSample, PackedBatch,
 from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.streams import StreamPlan, deal_streams, stream_items
-from distill.teachers.base import TeacherSpec
+from distill.features import TeacherSpec
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.codec import StorageDtype, check_storage
+from distill.features import TeacherSpec
 from distill.io import atomic_write_text
-from distill.teachers.base import TeacherSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "distill-dataset"

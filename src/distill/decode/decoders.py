@@ -15,7 +15,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-from distill.teachers import Teacher, TeacherOutput, TeacherSpec, get_entry, load_teacher
+from distill.features import TeacherOutput, TeacherSpec
+from distill.teachers import Teacher, get_entry, load_teacher
 from distill.teachers.registry import DecoderKind, Source
 
 Target = Literal["pca", "masks", "depth", "pixels"]

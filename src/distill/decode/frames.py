@@ -24,7 +24,8 @@ from distill.decode.decoders import (
 )
 from distill.decode.masks import MaskDecoding, MaskSettings, Prompts, automatic_masks, prompted_masks
 from distill.decode.pca import PcaBasis, fit_pca
-from distill.teachers import Teacher, TeacherOutput
+from distill.features import TeacherOutput
+from distill.teachers import Teacher
 
 PIXEL_HEAD = "pixel_head"  # key of the student's own pixel head in DecodedFrames.pixels
 

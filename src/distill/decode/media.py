@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill.data.images import IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.geometry import canonical_view
+from distill.images import IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.io import atomic_path
 
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the same set dataset organisation accepts
@@ -40,7 +40,7 @@ class Clip:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Open an image as RGB exactly as dataset organisation does (:func:`distill.data.images.load_rgb`).
+    """Open an image as RGB exactly as dataset organisation does (:func:`distill.images.load_rgb`).
 
     Grey, palette, CMYK, alpha (composited on white) and 16-bit images are converted; float images,
     unreadable files and decompression bombs are refused. Any size is accepted: decoding a small

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from distill.features import TeacherOutput
 from distill.losses.cosine import cosine_distance
 from distill.losses.pixel import pixel_mse
-from distill.teachers.base import TeacherOutput
 
 if TYPE_CHECKING:
     from distill.models.student import StudentOutput

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill.data.stats import FeatureStats
 from distill.io import atomic_path, atomic_write_text, fsync_path
 from distill.models.config import StudentConfig
+from distill.stats import FeatureStats
 
 FORMAT = "distill.student"
 FORMAT_VERSION = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from distill.teachers.base import TeacherSpec
+from distill.features import TeacherSpec
 
 Bottleneck = Literal["cls", "none"]
 HeadKind = Literal["mlp", "conv"]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.models.config import HeadKind
-from distill.teachers.base import TeacherOutput, TeacherSpec
 
 
 def resample_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

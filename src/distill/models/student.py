@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.data.stats import FeatureStats
+from distill.features import TeacherOutput
 from distill.geometry import check_image_batch, to_unit_float
 from distill.models.backbone import build_backbone
 from distill.models.checkpoint import (
@@ -24,7 +24,7 @@ from distill.models.config import StudentConfig
 from distill.models.decoder import TokenDecoder, ZProjection
 from distill.models.heads import TeacherHead
 from distill.models.pixel_head import PixelHead
-from distill.teachers.base import TeacherOutput
+from distill.stats import FeatureStats
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import cached_file
 
-from distill.teachers.base import TeacherSpec
+from distill.features import TeacherSpec
 
 Triple = tuple[float, float, float]
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)

@@ -1,54 +1,14 @@
-"""What every teacher is: a declared geometry, a typed output, and a frozen forward pass."""
+"""What every teacher is: a frozen forward pass producing its declared features (:mod:`distill.features`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.geometry import check_image_batch, resize_and_normalize
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """Geometry and output shape of one built teacher (tiny and real versions differ)."""
-
-    name: str  # registry name, also the feature key in shards ("dinov2", "sam", ...)
-    input_size: int  # square resolution the model consumes
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    grid: tuple[int, int]  # (h, w) of the patch output
-    channels: int  # C of the patch output
-    cls_channels: int | None  # C of the summary vector; None when the teacher has none
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TeacherSpec:
-        return cls(
-            name=str(data["name"]),
-            input_size=int(data["input_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            grid=(int(data["grid"][0]), int(data["grid"][1])),
-            channels=int(data["channels"]),
-            cls_channels=None if data["cls_channels"] is None else int(data["cls_channels"]),
-        )
-
-
-@dataclass
-class TeacherOutput:
-    """Features of a batch: ``patch`` [B, h, w, C] and ``cls`` [B, C] (or None)."""
-
-    patch: torch.Tensor
-    cls: torch.Tensor | None
-
-    def to(self, device: torch.device | str) -> TeacherOutput:
-        return TeacherOutput(self.patch.to(device), None if self.cls is None else self.cls.to(device))
 
 
 class Teacher(nn.Module, ABC):

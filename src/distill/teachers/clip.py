@@ -44,6 +44,7 @@ from open_clip.transformer import VisionTransformer
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.teachers._hf import (
     OFFLINE_HINT,
     load_pretrained,
@@ -55,7 +56,7 @@ from distill.teachers._hf import (
     tokens_to_grid,
     vit_spec,
 )
-from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
+from distill.teachers.base import Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 NAME = "clip"

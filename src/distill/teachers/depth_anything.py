@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.teachers._hf import (
     Triple,
     load_pretrained,
@@ -38,7 +39,7 @@ from distill.teachers._hf import (
     seeded,
     square_size,
 )
-from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
+from distill.teachers.base import Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 TINY_SEED = 0

@@ -23,6 +23,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.teachers._hf import (
     load_pretrained,
     processor_input_size,
@@ -31,7 +32,7 @@ from distill.teachers._hf import (
     tokens_to_grid,
     vit_spec,
 )
-from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
+from distill.teachers.base import Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 NAME = "dinov2"

@@ -32,6 +32,7 @@ import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.geometry import check_image_batch
 from distill.teachers._hf import (
     load_pretrained,
@@ -40,7 +41,7 @@ from distill.teachers._hf import (
     tokens_to_grid,
     vit_spec,
 )
-from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
+from distill.teachers.base import Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 NAME = "mae"

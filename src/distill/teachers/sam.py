@@ -36,6 +36,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.predictor import SamPredictor
 from torch import nn
 
+from distill.features import TeacherOutput, TeacherSpec
 from distill.teachers._hf import (
     Triple,
     load_pretrained,
@@ -44,7 +45,7 @@ from distill.teachers._hf import (
     seeded,
     square_size,
 )
-from distill.teachers.base import Teacher, TeacherOutput, TeacherSpec
+from distill.teachers.base import Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 TINY_SEED = 0

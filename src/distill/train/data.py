@@ -16,10 +16,10 @@ import torch
 
 from distill.data.dataset import Batch, load_checked_stats
 from distill.data.loader import LoaderConfig, eval_batches, train_batches
-from distill.data.stats import FeatureStats
-from distill.teachers.base import TeacherSpec
+from distill.distributed import DistContext
+from distill.features import TeacherSpec
+from distill.stats import FeatureStats
 from distill.train.config import RunConfig
-from distill.train.distributed import DistContext
 from distill.train.typed import ConfigError
 
 

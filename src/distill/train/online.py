@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from distill.data.stats import FeatureStats, StatsAccumulator
-from distill.teachers.base import Teacher, TeacherOutput
-from distill.train.distributed import DistContext, all_gather_object
+from distill.distributed import DistContext
+from distill.features import TeacherOutput
+from distill.stats import FeatureStats, StatsAccumulator, merge_across_ranks
+from distill.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,8 @@ def estimate_stats(
             accumulators[name].add(teacher(batch))
     merged: dict[str, FeatureStats] = {}
     for name, acc in accumulators.items():
-        states = all_gather_object(ctx, {k: v.cpu() for k, v in acc.state().items()})
-        total = StatsAccumulator(name)
-        for state in states:
-            total.merge(StatsAccumulator.from_state(name, state))
-        merged[name] = total.finish()
+        spec = teachers[name].spec
+        merged[name] = merge_across_ranks(ctx, acc, spec.channels, spec.cls_channels).finish()
     return merged
 
 

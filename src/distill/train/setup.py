@@ -12,14 +12,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from distill.data.manifest import Manifest, TeacherRecord, load_manifest
-from distill.data.stats import FeatureStats
+from distill.distributed import DistContext
+from distill.features import TeacherSpec
 from distill.losses import LossConfig
 from distill.models import Student, StudentConfig, load_state_strict, read_config
 from distill.models.checkpoint import WEIGHTS_NAME
-from distill.teachers import Teacher, TeacherSpec, get_entry, load_teacher
+from distill.stats import FeatureStats
+from distill.teachers import Teacher, get_entry, load_teacher
 from distill.train.config import RunConfig, TeacherConfig
 from distill.train.data import LoaderPlan, dataset_dir
-from distill.train.distributed import DistContext
 from distill.train.typed import ConfigError
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.data.dataset import Batch
-from distill.losses import LossBreakdown, LossConfig, distillation_loss
-from distill.models import Student
-from distill.teachers.base import TeacherOutput
-from distill.train import rng
-from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
-from distill.train.config import RunConfig
-from distill.train.distributed import (
+from distill.distributed import (
     DistContext,
     all_gather_object,
     all_reduce_sum,
@@ -34,6 +28,12 @@ from distill.train.distributed import (
     init_distributed,
     shutdown,
 )
+from distill.features import TeacherOutput
+from distill.losses import LossBreakdown, LossConfig, distillation_loss
+from distill.models import Student
+from distill.train import rng
+from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
+from distill.train.config import RunConfig
 from distill.train.ema import Ema
 from distill.train.metrics import MetricsSink, WandbSettings
 from distill.train.online import OnlineTargets, resolve_online_stats

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.data.dataset import Batch
+from distill.distributed import DistContext, all_reduce_sum
+from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models.config import StudentConfig
-from distill.teachers.base import TeacherOutput
-from distill.train.distributed import DistContext, all_reduce_sum
 
 TargetFn = Callable[[Batch, torch.Tensor], dict[str, TeacherOutput]]  # (batch, images on device) -> targets
 

@@ -7,7 +7,7 @@ Frames of a video are written contiguously and in order; a video goes wholly to 
 (``val`` when the hash of its path falls under ``val_fraction``). An unreadable video, one
 without a video stream or without any decodable frame goes to rejected.txt; a video whose
 decoding fails part way keeps the frames before the failure and is listed there too.
-Run as ``python -m distill.data.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
+Run as ``python -m distill.preprocess.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from pathlib import Path
 import av
 from PIL import Image
 
-from distill.data.cli import config_from_args, setup_logging
-from distill.data.dataset_dir import prepare_dataset_dir
 from distill.data.keys import make_keys, path_digest
 from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
-from distill.data.rejected import Rejection, write_rejections
 from distill.data.shards import SplitWriter
 from distill.geometry import canonical_view
+from distill.preprocess.cli import config_from_args, setup_logging
+from distill.preprocess.dataset_dir import prepare_dataset_dir
+from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"})

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from distill.distributed import DistContext, all_gather
+from distill.features import TeacherOutput, TeacherSpec
 from distill.io import atomic_path
-from distill.teachers.base import TeacherOutput, TeacherSpec
 
 STD_FLOOR = 1e-6  # a constant channel is normalised by this instead of dividing by zero
 
@@ -153,27 +154,6 @@ class StatsAccumulator:
         self.patch.merge(other.patch)
         self.cls.merge(other.cls)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """Flat float64 tensors for an all-reduce-free gather (see data.stats users)."""
-        out: dict[str, torch.Tensor] = {"samples": torch.tensor([float(self.samples)], dtype=torch.float64)}
-        for prefix, moments in (("patch", self.patch), ("cls", self.cls)):
-            if moments.count:
-                assert moments.mean is not None and moments.m2 is not None
-                out[f"{prefix}_count"] = torch.tensor([float(moments.count)], dtype=torch.float64)
-                out[f"{prefix}_mean"], out[f"{prefix}_m2"] = moments.mean, moments.m2
-        return out
-
-    @classmethod
-    def from_state(cls, teacher: str, state: dict[str, torch.Tensor]) -> StatsAccumulator:
-        acc = cls(teacher, samples=int(state["samples"].item()))
-        for prefix in ("patch", "cls"):
-            if f"{prefix}_count" in state:
-                moments = _Moments(
-                    int(state[f"{prefix}_count"].item()), state[f"{prefix}_mean"], state[f"{prefix}_m2"]
-                )
-                setattr(acc, prefix, moments)
-        return acc
-
     def finish(self) -> FeatureStats:
         if self.patch.count == 0:
             raise ValueError(f"no features were accumulated for teacher {self.teacher!r}")
@@ -190,23 +170,24 @@ class StatsAccumulator:
 
 
 def pack_state(acc: StatsAccumulator, channels: int, cls_channels: int | None) -> torch.Tensor:
-    """The accumulator as one float64 vector of a length every rank knows (for all_gather).
+    """The accumulator as one float64 CPU vector of a length every rank knows (for all_gather).
 
     Layout: ``[samples, patch_count, patch_mean (C), patch_m2 (C), cls_count, cls_mean (Cc), cls_m2 (Cc)]``;
     empty moments are zeros with count 0.
     """
     parts = [torch.tensor([float(acc.samples)], dtype=torch.float64)]
     for moments, width in ((acc.patch, channels), (acc.cls, cls_channels or 0)):
-        mean = moments.mean if moments.mean is not None else torch.zeros(width, dtype=torch.float64)
-        m2 = moments.m2 if moments.m2 is not None else torch.zeros(width, dtype=torch.float64)
+        zeros = torch.zeros(width, dtype=torch.float64)
+        mean = zeros if moments.mean is None else moments.mean.to("cpu", torch.float64)
+        m2 = zeros if moments.m2 is None else moments.m2.to("cpu", torch.float64)
         if mean.shape != (width,):
             raise ValueError(
                 f"teacher {acc.teacher!r}: accumulated {tuple(mean.shape)} channels, expected {width}"
             )
         parts += [
             torch.tensor([float(moments.count)], dtype=torch.float64),
-            mean.to(torch.float64),
-            m2.to(torch.float64),
+            mean,
+            m2,
         ]
     return torch.cat(parts)
 
@@ -230,3 +211,13 @@ def unpack_state(
             setattr(acc, name, _Moments(count, mean.clone(), m2.clone()))
         offset += 1 + 2 * size
     return acc
+
+
+def merge_across_ranks(
+    ctx: DistContext, acc: StatsAccumulator, channels: int, cls_channels: int | None
+) -> StatsAccumulator:
+    """Every rank's accumulator merged in rank order (the same total on every rank)."""
+    total = StatsAccumulator(acc.teacher)
+    for packed in all_gather(ctx, pack_state(acc, channels, cls_channels)):
+        total.merge(unpack_state(acc.teacher, packed, channels, cls_channels))
+    return total

@@ -7,7 +7,7 @@ shapes (stored grid, channels, CLS) and only finite values; counts equal the man
 shards and temporary files of interrupted runs are reported too, as are stats files that do not
 fit (with ``--stats-dir``). The first problem of each shard is reported with the shard and key;
 exit status 1 when anything is wrong.
-Run as ``python -m distill.data.check --help`` or scripts/preprocessing/check_dataset.py.
+Run as ``python -m distill.preprocess.check --help`` or scripts/preprocessing/check_dataset.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 
 from distill.data.codec import parse_sample
 from distill.data.dataset import check_stored, load_checked_stats, stats_path
-from distill.data.decode import decode_view
 from distill.data.join import iter_joined
+from distill.data.jpeg import decode_view
 from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, Manifest, load_manifest
 from distill.data.shards import ShardError
 

@@ -4,7 +4,7 @@ Statistics are taken over the features exactly as the loader serves them (after 
 storage and any grid downsampling), patch tokens and CLS separately, in float64 with a
 streaming, mergeable accumulator. Under torchrun each rank reads shards r, r+W, ...; the
 per-rank moments are gathered and merged in rank order, and rank 0 writes the files.
-Run as ``python -m distill.data.calc_stats --help`` or scripts/preprocessing/calc_feature_stats.py.
+Run as ``python -m distill.preprocess.calc_stats --help`` or scripts/preprocessing/calc_feature_stats.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from distill.data import dist
-from distill.data.cli import setup_logging
+from distill import distributed as dist
 from distill.data.codec import SampleFeatures, parse_sample
 from distill.data.dataset import check_stored
 from distill.data.manifest import TeacherRecord, load_manifest
 from distill.data.shards import iter_shard
-from distill.data.stats import FeatureStats, StatsAccumulator, pack_state, unpack_state
-from distill.teachers.base import TeacherOutput
+from distill.features import TeacherOutput
+from distill.preprocess.cli import setup_logging
+from distill.stats import FeatureStats, StatsAccumulator, merge_across_ranks
 
 log = logging.getLogger(__name__)
 ROWS_PER_UPDATE = 64  # samples stacked per accumulator update
@@ -85,11 +85,7 @@ def compute_stats(cfg: StatsConfig) -> dict[str, FeatureStats]:
         record = manifest.teacher(name, cfg.split, cfg.dataset / "manifest.json")
         spec = record.target_spec
         local = accumulate(cfg.dataset, name, record, shards[info.rank :: info.world_size])
-        gathered = dist.all_gather(info, pack_state(local, spec.channels, spec.cls_channels))
-        total = StatsAccumulator(name)
-        for packed in gathered:
-            total.merge(unpack_state(name, packed, spec.channels, spec.cls_channels))
-        stats = total.finish()
+        stats = merge_across_ranks(info, local, spec.channels, spec.cls_channels).finish()
         stats.check_matches(spec, source=f"stats of {name!r} from {cfg.dataset}")
         if info.is_main:
             path = cfg.output_dir / f"{name}.safetensors"
@@ -118,11 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    info = dist.init_distributed()
+    info = dist.init_control_group()
     try:
         results = compute_stats(StatsConfig(args.dataset, tuple(args.teachers), args.split, args.output_dir))
     finally:
-        dist.close_distributed()
+        dist.shutdown(info)
     if info.is_main:
         print(
             json.dumps(

@@ -7,7 +7,7 @@ of its relative path falls under ``val_fraction``: membership does not change wh
 added, so a grown dataset never moves an image between train and val.
 
 Within a split, images are written in a seeded random order so a shard mixes classes.
-Run as ``python -m distill.data.organize --help`` or scripts/preprocessing/organize_webdataset.py.
+Run as ``python -m distill.preprocess.organize --help`` or scripts/preprocessing/organize_webdataset.py.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from distill.data.cli import config_from_args, setup_logging
-from distill.data.dataset_dir import prepare_dataset_dir
-from distill.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.data.keys import make_keys, path_digest
 from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
-from distill.data.rejected import Rejection, write_rejections
 from distill.data.shards import SplitWriter
 from distill.geometry import canonical_view
+from distill.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
+from distill.preprocess.cli import config_from_args, setup_logging
+from distill.preprocess.dataset_dir import prepare_dataset_dir
+from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
 SPLIT_FOLDERS = ("train", "val", "test")

@@ -6,7 +6,7 @@ Shards are written atomically, so a feature shard under its final name is comple
 removes stale temporary files of a killed run, skips shards whose keys already equal the image
 shard's, and redoes the rest. Rank 0 alone writes the manifest (under its lock), after every
 rank reported success: the teacher's spec, storage dtype and stored grid, and the splits that
-are complete. Run as ``torchrun --nproc_per_node N -m distill.data.extract ...`` or without
+are complete. Run as ``torchrun --nproc_per_node N -m distill.preprocess.extract ...`` or without
 torchrun; scripts/preprocessing/feature_extraction.py is the same command.
 """
 
@@ -25,11 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.data import dist
-from distill.data.background import background
-from distill.data.cli import setup_logging
+from distill import distributed as dist
 from distill.data.codec import STORAGE_DTYPES, StorageDtype, area_downsample, check_storage, encode_batch
-from distill.data.decode import decode_view
+from distill.data.jpeg import decode_view
 from distill.data.manifest import (
     IMAGES_DIR,
     Manifest,
@@ -39,7 +37,10 @@ from distill.data.manifest import (
     update_manifest,
 )
 from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, write_shard
-from distill.teachers.base import Teacher, TeacherOutput
+from distill.features import TeacherOutput
+from distill.preprocess.background import background
+from distill.preprocess.cli import setup_logging
+from distill.teachers.base import Teacher
 from distill.teachers.registry import Source, get_entry, load_teacher
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,16 @@ def make_record(job: TeacherJob, teacher: Teacher) -> TeacherRecord:
 
 def extract_features(cfg: ExtractConfig) -> ExtractReport:
     """Build the requested teachers (on this rank's device) and extract; see the module docstring."""
-    info = dist.current()
-    device = dist.default_device(info, cfg.device)
-    teachers = {job.name: load_teacher(job.name, job.source, job.weights, device) for job in cfg.teachers}
+    info = dist.current(cfg.device)
+    teachers = {
+        job.name: load_teacher(job.name, job.source, job.weights, info.device) for job in cfg.teachers
+    }
     return run_extraction(cfg, teachers, info)
 
 
-def run_extraction(cfg: ExtractConfig, teachers: Mapping[str, Teacher], info: dist.DistInfo) -> ExtractReport:
+def run_extraction(
+    cfg: ExtractConfig, teachers: Mapping[str, Teacher], info: dist.DistContext
+) -> ExtractReport:
     """Extract with already built teachers (the benchmark times these same modules bare)."""
     if not cfg.teachers:
         raise ValueError("no teacher to extract; name at least one")
@@ -165,7 +169,7 @@ def _register(
     manifest: Manifest,
     records: dict[str, TeacherRecord],
     splits: tuple[str, ...],
-    info: dist.DistInfo,
+    info: dist.DistContext,
 ) -> None:
     """Refuse to mix differently produced features; rank 0 records the teachers before any shard is written."""
     conflicts = {
@@ -497,11 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
-    info = dist.init_distributed()
+    info = dist.init_control_group()
     try:
         report = extract_features(cfg)
     finally:
-        dist.close_distributed()
+        dist.shutdown(info)
     if info.is_main:
         print(
             json.dumps(

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, load_manifest
-from distill.data.rejected import REJECTED_NAME
+from distill.preprocess.rejected import REJECTED_NAME
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,25 @@
-"""Process-group setup from torchrun's environment, and the few collectives the trainer needs.
+"""The one distributed layer: torchrun's environment, the process group and the few collectives.
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``). The
 global rank decides data and logging; the *local* rank picks the GPU, so multi-node runs
 (where rank 8 is GPU 0 of the second node) place every process correctly. Without those
-variables the trainer runs as a single process with no process group at all.
+variables everything runs as a single process with no process group at all.
+
+Two ways in:
+
+- :func:`init_distributed` (training): nccl when the rank's device is a GPU, gloo on CPU.
+- :func:`init_control_group` (extraction, stats): gloo only, also on GPU machines. Preprocessing's
+  traffic is control (barriers, flags, stats moments): a few bytes per shard, on CPU tensors, so
+  the code is identical on CPU and GPU.
+
+Every collective runs on the group's own device (the rank's GPU for nccl, the CPU for gloo) and
+is a no-op returning its input when there is no group.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -21,13 +31,16 @@ DevicePreference = Literal["auto", "cpu", "cuda"]
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process sits: global rank, world size, rank on its node, and its device."""
+    """Where this process sits: global rank, world size, rank on its node, and its device.
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str | None  # None when running as a plain single process
+    ``DistContext()`` is a plain single process on the CPU.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None  # None when running as a plain single process
 
     @property
     def is_main(self) -> bool:
@@ -36,6 +49,11 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.backend is not None
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where collectives run: the rank's GPU under nccl, else the CPU."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
 
 
 def _env_int(name: str) -> int | None:
@@ -92,26 +110,66 @@ def init_distributed(preference: DevicePreference = "auto", timeout_s: float = 1
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
+def init_control_group(device: str | None = None) -> DistContext:
+    """Join torchrun's process group over gloo when ``WORLD_SIZE`` > 1; otherwise a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return current(device)
+
+
+def current(device: str | None = None) -> DistContext:
+    """The process group this process is in (none: a single process); ``device`` None picks the
+    rank's GPU when there is one, else the CPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None:
+        where = torch.device(device)
+    else:
+        where = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, where, str(dist.get_backend()))
+    return DistContext(device=where)
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        if ctx.device.type == "cuda":
-            dist.barrier(device_ids=[ctx.device.index])
-        else:
-            dist.barrier()
+    if not ctx.distributed:
+        return
+    if ctx.backend == "nccl":
+        dist.barrier(device_ids=[ctx.device.index])
+    else:
+        dist.barrier()
+
+
+def all_ok(ctx: DistContext, ok: bool) -> bool:
+    """True on every rank iff ``ok`` on every rank, so one failing rank cannot leave others waiting."""
+    if not ctx.distributed:
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=ctx.comm_device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over ranks, returned on the CPU (the collective runs on the rank's device)."""
+    """The sum of ``tensor`` over ranks, returned on the CPU."""
     if not ctx.distributed:
         return tensor.cpu()
-    work = tensor.to(ctx.device, copy=True)
+    work = tensor.to(ctx.comm_device, copy=True)
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.cpu()
+
+
+def all_gather(ctx: DistContext, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped tensor, in rank order, on the CPU."""
+    if not ctx.distributed:
+        return [tensor.cpu()]
+    work = tensor.to(ctx.comm_device).contiguous()
+    parts = [torch.empty_like(work) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, work)
+    return [part.cpu() for part in parts]
 
 
 def broadcast_object(ctx: DistContext, value: Any) -> Any:
@@ -119,7 +177,7 @@ def broadcast_object(ctx: DistContext, value: Any) -> Any:
     if not ctx.distributed:
         return value
     holder = [value if ctx.is_main else None]
-    dist.broadcast_object_list(holder, src=0, device=ctx.device)
+    dist.broadcast_object_list(holder, src=0, device=ctx.comm_device)
     return holder[0]
 
 
