@@ -17,16 +17,10 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_
 from distill.synthetic import render_scene
 from distill.teachers import load_teacher
 from distill.teachers.depth_anything import build_tiny_depth_anything
-from distill.teachers.sam import (
-    SAM_ARCHS,
-    SamHfTeacher,
-    SamTeacher,
-    _arch_shapes,
-    build_sam_model,
-    build_tiny_sam,
-    build_tiny_sam_hf,
-    infer_sam_type,
-)
+from distill.teachers.sam import SamTeacher, build_tiny_sam
+from distill.teachers.sam_arch import SAM_ARCHS, build_sam_model
+from distill.teachers.sam_checkpoint import _arch_shapes, infer_sam_type
+from distill.teachers.sam_hf import SamHfTeacher, build_tiny_sam_hf
 
 SIZE = 64  # the tiny SAM's input size: scenes this size reach both paths without resampling
 

@@ -27,7 +27,14 @@ class TeacherEntry:
 
 
 _REGISTRY: dict[str, TeacherEntry] = {}
-FAMILY_MODULES = ("clip", "dinov2", "mae", "sam", "depth_anything")  # each registers its entries on import
+FAMILY_MODULES = (
+    "clip",
+    "dinov2",
+    "mae",
+    "sam",
+    "sam_hf",
+    "depth_anything",
+)  # each registers its entries on import
 
 
 def _load_families() -> None:
