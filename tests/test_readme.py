@@ -33,9 +33,7 @@ def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     accumulator = StatsAccumulator("dinov2")
     accumulator.add(teacher(images))
-    config = StudentConfig(
-        teachers={"dinov2": teacher.spec}, size="tiny", image_size=32, patch_size=8, d_z=16
-    )
+    config = StudentConfig.from_preset("tiny", {"dinov2": teacher.spec}, image_size=32, d_z=16)
     Student(config, load_pretrained=False).save_pretrained(
         tmp_path / "student", {"dinov2": accumulator.finish()}
     )

@@ -51,8 +51,12 @@ def stats(teachers: dict[str, Teacher]) -> dict[str, FeatureStats]:
 def checkpoint(
     tmp_path_factory: pytest.TempPathFactory, teachers: dict[str, Teacher], stats: dict[str, FeatureStats]
 ) -> Path:
-    config = StudentConfig(
-        teachers={name: t.spec for name, t in teachers.items()}, size="tiny", image_size=IMAGE_SIZE, d_z=32
+    config = StudentConfig.from_preset(
+        "tiny",
+        {name: t.spec for name, t in teachers.items()},
+        image_size=IMAGE_SIZE,
+        patch_size=16,
+        decoder_depth=2,
     )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("student") / "checkpoint"

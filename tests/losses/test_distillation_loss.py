@@ -102,7 +102,9 @@ def test_teacher_weights_scale_only_that_teacher() -> None:
 
 def _tiny_student() -> Student:
     torch.manual_seed(0)
-    return Student(StudentConfig(teachers=dict(SPECS), size="tiny", image_size=32, patch_size=16, d_z=8))
+    return Student(
+        StudentConfig.from_preset("tiny", dict(SPECS), image_size=32, patch_size=16, d_z=8, decoder_depth=2)
+    )
 
 
 def test_a_zero_weight_teacher_gets_no_gradient_and_the_others_do() -> None:

@@ -10,7 +10,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from distill.features import TeacherSpec
-from distill.models import SIZES, Student, StudentConfig, StudentOutput
+from distill.models import PRESETS, Student, StudentConfig, StudentOutput
 from distill.stats import FeatureStats
 
 MEAN = (0.485, 0.456, 0.406)
@@ -40,8 +40,8 @@ TEACHERS = {
 
 
 def make_config(**overrides: Any) -> StudentConfig:
-    base = StudentConfig(
-        teachers=dict(TEACHERS), size="tiny", image_size=IMAGE_SIZE, patch_size=16, d_z=16, decoder_depth=2
+    base = StudentConfig.from_preset(
+        "tiny", dict(TEACHERS), image_size=IMAGE_SIZE, patch_size=16, d_z=16, decoder_depth=2
     )
     return replace(base, **overrides)
 
@@ -98,7 +98,7 @@ def save_deit_like(
     directory: Path, image_size: int = 64, hidden: int | None = None, seed: int = 5
 ) -> ViTForImageClassification:
     """A tiny ViTForImageClassification saved like facebook/deit-*-patch16-224 (vit.* keys + classifier)."""
-    size = SIZES["tiny"]
+    size = PRESETS["tiny"].backbone
     config = ViTConfig(
         hidden_size=hidden or size.width,
         num_hidden_layers=size.depth,

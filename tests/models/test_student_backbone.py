@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from student_fixtures import images, make_config, save_deit_like
 from transformers import ViTModel
 
-from distill.models import SIZES, Student
+from distill.models import PRESETS, Student
 
 
 def test_pretrained_weights_are_loaded_from_a_deit_style_directory(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_pretrained_position_embeddings_are_resampled_to_the_student_grid(tmp_pa
     source = save_deit_like(tmp_path / "deit", image_size=32)  # 2x2 grid; the student trains at 4x4
     student = Student(make_config(pretrained=str(tmp_path / "deit")))
     table = student.backbone.embeddings.position_embeddings
-    assert table.shape == (1, 17, SIZES["tiny"].width)
+    assert table.shape == (1, 17, PRESETS["tiny"].backbone.width)
     assert torch.equal(table[:, 0], source.vit.embeddings.position_embeddings[:, 0])
     assert torch.equal(student.backbone.embeddings.cls_token, source.vit.embeddings.cls_token)
 

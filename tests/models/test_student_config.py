@@ -11,7 +11,7 @@ import torch
 from student_fixtures import TEACHERS, make_config
 from transformers import ViTModel
 
-from distill.models import SIZES, StudentConfig
+from distill.models import PRESETS, StudentConfig
 from distill.models.backbone import vit_config
 
 
@@ -49,7 +49,7 @@ def _backbone_params(width: int, depth: int, mlp: int, patch: int, tokens: int) 
 def test_deit_presets_have_the_published_shapes(
     size: str, published_total: float, width: int, depth: int, heads: int
 ) -> None:
-    config = StudentConfig(teachers={}, size=size)
+    config = StudentConfig.from_preset(size, {})
     vit = vit_config(config)
     assert (vit.hidden_size, vit.num_hidden_layers, vit.num_attention_heads, vit.patch_size) == (
         width,
@@ -61,7 +61,7 @@ def test_deit_presets_have_the_published_shapes(
     with torch.device("meta"):
         backbone = ViTModel(vit, add_pooling_layer=False)
     count = sum(p.numel() for p in backbone.parameters())
-    assert count == _backbone_params(width, depth, SIZES[size].mlp_dim, 16, 197)
+    assert count == _backbone_params(width, depth, PRESETS[size].backbone.mlp_dim, 16, 197)
     # The published DeiT counts include the 1000-class ImageNet head.
     assert abs(count + width * 1000 + 1000 - published_total) < 0.01e6
 
@@ -97,3 +97,12 @@ def test_unknown_keys_in_a_saved_config_are_named() -> None:
     data = make_config().to_dict() | {"heads": "mlp"}
     with pytest.raises(ValueError, match=r"unknown student config keys \['heads'\]"):
         StudentConfig.from_dict(data)
+
+
+def test_a_config_names_its_preset_fields_or_comes_from_the_table() -> None:
+    with pytest.raises(TypeError, match="d_z"):
+        StudentConfig(teachers={}, size="deit_base", patch_size=16, decoder_depth=2)  # type: ignore[call-arg]
+    base = StudentConfig.from_preset("deit_base", {})
+    assert (base.d_z, base.backbone.width, base.patch_size) == (768, 768, 16)
+    with pytest.raises(ValueError, match="unknown student size 'huge'"):
+        StudentConfig.from_preset("huge", {})

@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
+import distill.configs
 from distill.features import TeacherSpec
-from distill.models import Student
+from distill.models import PRESETS, Student
 from distill.models.config import StudentConfig
 from distill.stats import FeatureStats
 from distill.teachers import load_teacher
@@ -63,20 +64,33 @@ def test_teacher_sets(group: str, expected: list[str]) -> None:
     assert build_loss_config(cfg).teacher_weight(expected[0]) == 0.5
 
 
-@pytest.mark.parametrize(
-    ("model", "size", "d_z"),
-    [
-        ("tiny", "tiny", 32),
-        ("deit_tiny", "deit_tiny", 192),
-        ("deit_small", "deit_small", 384),
-        ("deit_base", "deit_base", 768),
-    ],
-)
-def test_model_configs_build_student_configs(model: str, size: str, d_z: int) -> None:
-    cfg = run_config(f"model={model}", "model.bottleneck=none")
+MODEL_GROUP = Path(distill.configs.__file__).parent / "model"
+
+
+def test_every_model_option_is_a_preset() -> None:
+    assert sorted(path.stem for path in MODEL_GROUP.glob("*.yaml")) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_resolves_to_the_same_student_config_both_ways(name: str) -> None:
+    """``model=<name>`` through Hydra and the trainer == ``StudentConfig.from_preset(name)`` in Python."""
     spec = load_teacher("dinov2", "tiny", device="cpu").spec
-    built = student_config(cfg, {"dinov2": spec}, image_size=224 if model != "tiny" else 32)
-    assert (built.size, built.d_z, built.bottleneck) == (size, d_z, "none")
+    built = student_config(run_config(f"model={name}"), {"dinov2": spec}, image_size=64)
+    assert built == StudentConfig.from_preset(name, {"dinov2": spec}, image_size=64)
+    preset = PRESETS[name]
+    assert built.backbone == preset.backbone
+    assert (built.patch_size, built.d_z, built.decoder_depth) == (
+        preset.patch_size,
+        preset.d_z,
+        preset.decoder_depth,
+    )
+
+
+def test_model_overrides_apply_on_top_of_the_preset() -> None:
+    spec = load_teacher("dinov2", "tiny", device="cpu").spec
+    cfg = run_config("model=deit_base", "model.bottleneck=none", "model.d_z=256")
+    built = student_config(cfg, {"dinov2": spec}, image_size=224)
+    assert (built.size, built.d_z, built.bottleneck, built.patch_size) == ("deit_base", 256, "none", 16)
 
 
 def test_finetune_preset_lowers_lr_and_needs_init_from() -> None:
@@ -123,7 +137,7 @@ def test_unknown_override_names_the_key() -> None:
 
 def test_a_student_folder_of_another_architecture_is_refused(tmp_path: Path) -> None:
     spec = load_teacher("dinov2", "tiny", device="cpu").spec
-    config = StudentConfig(teachers={"dinov2": spec}, size="tiny", image_size=32, patch_size=8, d_z=32)
+    config = StudentConfig.from_preset("tiny", {"dinov2": spec}, image_size=32, decoder_depth=2)
     student = Student(config, load_pretrained=False)
     student.save_pretrained(tmp_path / "student", {"dinov2": make_stats(spec)})
     check_architecture(

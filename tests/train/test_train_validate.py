@@ -21,7 +21,7 @@ from distill.train.validate import evaluate, metric_names
 def test_uneven_batches_give_sample_means_not_means_of_means() -> None:
     torch.manual_seed(0)
     spec = load_teacher("dinov2", "tiny", device="cpu").spec
-    config = StudentConfig(teachers={"dinov2": spec}, size="tiny", image_size=32, patch_size=8, d_z=32)
+    config = StudentConfig.from_preset("tiny", {"dinov2": spec}, image_size=32, decoder_depth=2)
     student = Student(config, load_pretrained=False).eval()
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     patch, cls = torch.randn(4, *spec.grid, spec.channels), torch.randn(4, spec.cls_channels or 0)

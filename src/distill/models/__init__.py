@@ -7,20 +7,22 @@ from distill.models.checkpoint import (
     read_stats,
     write_checkpoint,
 )
-from distill.models.config import SIZES, BackboneSize, StudentConfig
+from distill.models.config import StudentConfig
 from distill.models.decoder import TokenDecoder, ZProjection
 from distill.models.heads import SpatialHead, SummaryHead, TeacherHead, resample_grid
 from distill.models.pixel_head import PixelHead, patchify
+from distill.models.presets import PRESETS, BackboneSize, StudentPreset
 from distill.models.student import Student, StudentOutput
 
 __all__ = [
-    "SIZES",
+    "PRESETS",
     "BackboneSize",
     "PixelHead",
     "SpatialHead",
     "Student",
     "StudentConfig",
     "StudentOutput",
+    "StudentPreset",
     "SummaryHead",
     "TeacherHead",
     "TokenDecoder",

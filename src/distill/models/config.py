@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from distill.features import TeacherSpec
+from distill.models.presets import PRESET_FIELDS, BackboneSize, get_preset
 
 Bottleneck = Literal["cls", "none"]
 HeadKind = Literal["mlp", "conv"]
@@ -14,43 +15,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class BackboneSize:
-    """Width, depth, heads and MLP width of one ViT preset."""
-
-    width: int
-    depth: int
-    heads: int
-    mlp_dim: int
-
-
-# DeiT presets (Touvron et al. 2021; same shapes as facebook/deit-*-patch16-224) and a miniature for tests.
-SIZES: dict[str, BackboneSize] = {
-    "tiny": BackboneSize(width=48, depth=2, heads=3, mlp_dim=96),
-    "deit_tiny": BackboneSize(width=192, depth=12, heads=3, mlp_dim=768),
-    "deit_small": BackboneSize(width=384, depth=12, heads=6, mlp_dim=1536),
-    "deit_base": BackboneSize(width=768, depth=12, heads=12, mlp_dim=3072),
-}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudentConfig:
     """Everything needed to rebuild a student; saved as ``config.json`` in its checkpoint folder.
 
     ``teachers`` maps each predicted teacher's name to the spec of the teacher it was trained
-    against, so a checkpoint alone tells which grids and channels its heads produce.
+    against, so a checkpoint alone tells which grids and channels its heads produce. ``size`` names
+    a row of :data:`distill.models.presets.PRESETS` (the backbone); the fields that row gives
+    defaults for (``patch_size``, ``d_z``, ``decoder_depth``) have none here, so a config is either
+    spelt out in full or built with :meth:`from_preset` and cannot silently disagree with the table.
     """
 
     teachers: dict[str, TeacherSpec]
-    size: str = "deit_small"
+    size: str
     image_size: int = 224  # square training resolution; other multiples of patch_size work at inference
-    patch_size: int = 16
+    patch_size: int
     bottleneck: Bottleneck = "cls"
-    d_z: int = 384  # width of the compact representation z
+    d_z: int  # width of the compact representation z
     # Token decoder (bottleneck="cls" only; "none" has no decoder and refuses decoder_dim/decoder_heads,
     # while decoder_depth keeps whatever the model preset says and is not read).
     decoder_dim: int | None = None  # token decoder width; None = backbone width
-    decoder_depth: int = 2
+    decoder_depth: int
     decoder_heads: int | None = None  # None = backbone heads
     head: HeadKind = "mlp"
     head_hidden_dim: int | None = None  # hidden width of the per-teacher heads; None = their input width
@@ -60,8 +45,7 @@ class StudentConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ValueError(f"unknown student size {self.size!r}; choose one of {', '.join(SIZES)}")
+        get_preset(self.size)
         if self.bottleneck not in get_args(Bottleneck):
             raise ValueError(f"bottleneck must be one of {get_args(Bottleneck)}, got {self.bottleneck!r}")
         if self.head not in get_args(HeadKind):
@@ -110,9 +94,16 @@ class StudentConfig:
                 "the student predicts nothing: give it at least one teacher or enable pixel_head"
             )
 
+    @classmethod
+    def from_preset(cls, size: str, teachers: dict[str, TeacherSpec], **overrides: Any) -> StudentConfig:
+        """The preset's fields, then ``overrides`` (any other field; a None preset field keeps the preset's)."""
+        values = get_preset(size).fields()
+        values |= {k: v for k, v in overrides.items() if not (k in PRESET_FIELDS and v is None)}
+        return cls(teachers=teachers, size=size, **values)
+
     @property
     def backbone(self) -> BackboneSize:
-        return SIZES[self.size]
+        return get_preset(self.size).backbone
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -81,8 +81,10 @@ def plan_teachers(cfg: RunConfig, manifest: Manifest, dataset: str, device: str)
 
 
 def student_config(cfg: RunConfig, specs: dict[str, TeacherSpec], image_size: int) -> StudentConfig:
+    """The student the run trains: ``model.size``'s preset with the other ``model.*`` keys on top."""
+    model = dict(cfg.model)
     try:
-        return StudentConfig(teachers=dict(specs), image_size=image_size, **cfg.model)
+        return StudentConfig.from_preset(model.pop("size", None), dict(specs), image_size=image_size, **model)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from err
 
