@@ -187,11 +187,6 @@ class DatasetView:
     def shards(self) -> tuple[ShardInfo, ...]:
         return self.manifest.split(self.split, self.path).shards
 
-    @property
-    def target_specs(self) -> dict[str, TeacherSpec]:
-        """Specs of the features as served (grid = stored grid): what student heads must predict."""
-        return {name: record.target_spec for name, record in self.records.items()}
-
     def decode(self, sample: JoinedSample) -> DecodedSample:
         where = f"{self.path}/{sample.shard} key {sample.key!r}"
         image = decode_view(sample.jpeg, self.manifest.canonical_size, where)

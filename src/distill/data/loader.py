@@ -28,7 +28,6 @@ from distill.data.dataset import Batch, DatasetView, DecodedSample, PackedBatch,
 from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.streams import StreamPlan, deal_streams, stream_items
-from distill.features import TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -216,8 +215,3 @@ def eval_batches(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> Itera
     workers = min(cfg.num_workers, len(shards))
     for part in _data_loader(_EvalShards(view, shards, cfg), cfg, workers):
         yield _finish(part, view, cfg)
-
-
-def target_specs(cfg: LoaderConfig) -> dict[str, TeacherSpec]:
-    """Specs of the targets the loader serves (grid = stored grid), for building student heads."""
-    return open_view(cfg.dataset, cfg.split, cfg.teachers, cfg.stats_dir, cfg.normalize).target_specs

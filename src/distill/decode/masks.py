@@ -81,10 +81,6 @@ class Prompts:
     def __bool__(self) -> bool:
         return bool(self.points or self.boxes)
 
-    @property
-    def objects(self) -> int:
-        return (1 if self.points else 0) + len(self.boxes)
-
     def check(self, image_size: int) -> None:
         """Fail with the offending prompt when it lies outside the ``image_size`` view or is malformed."""
         for x, y, label in self.points:

@@ -37,7 +37,6 @@ class LossConfig:
     pixel_mse: float = 1.0  # used when the student has a pixel head
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
-    allow_missing_targets: bool = False  # skip student teachers absent from the targets instead of failing
 
     def __post_init__(self) -> None:
         named = {
@@ -99,16 +98,12 @@ def distillation_loss(
             f"teacher_weights names {unknown_weights}, which the student does not predict (it predicts {sorted(output.features)})"
         )
     missing = sorted(set(output.features) - set(targets))
-    if missing and not cfg.allow_missing_targets:
-        raise ValueError(
-            f"no targets for teacher(s) {missing} that the student predicts; set allow_missing_targets=True to skip them"
-        )
+    if missing:
+        raise ValueError(f"no targets for teacher(s) {missing} that the student predicts")
 
     terms: dict[str, torch.Tensor] = {}
     totals: list[torch.Tensor] = []
     for name, pred in output.features.items():
-        if name not in targets:
-            continue
         weight = cfg.teacher_weight(name)
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
             raw = _teacher_terms(name, pred, targets[name], cfg.smooth_l1_beta)

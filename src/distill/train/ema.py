@@ -35,9 +35,3 @@ class Ema(Generic[M]):
         torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state, strict=True)

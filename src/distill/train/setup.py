@@ -118,7 +118,7 @@ def load_student_weights(student: Student, folder: Path, what: str) -> None:
 
 
 def build_loss_config(cfg: RunConfig) -> LossConfig:
-    allowed = {f.name for f in fields(LossConfig)} - {"teacher_weights", "allow_missing_targets"}
+    allowed = {f.name for f in fields(LossConfig)} - {"teacher_weights"}
     unknown = sorted(set(cfg.training.loss) - allowed)
     if unknown:
         raise ConfigError(f"training.loss.{unknown[0]}: unknown key (known: {', '.join(sorted(allowed))})")
