@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 import av
 import pytest
+import tomllib
 import torch
 
 from distill.models import Student, StudentConfig
@@ -22,10 +24,22 @@ def test_every_script_and_doc_the_readme_names_exists() -> None:
     assert len(named) > 10
     missing = sorted(p for p in named if not (REPO / p).is_file())
     assert not missing, f"README names files that do not exist: {missing}"
-    for target in re.findall(r"^(\w+):", (REPO / "Makefile").read_text(), flags=re.M):
-        assert target  # Makefile parses into targets
-    for command in ("make demo", "make test", "make bench", "make setup"):
-        assert command.split()[1] + ":" in (REPO / "Makefile").read_text(), command
+
+
+def test_every_make_target_the_readme_names_exists() -> None:
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    named = set(re.findall(r"\bmake ([\w-]+)", README))
+    assert {"setup", "demo", "test", "lint", "format", "typecheck", "bench"} <= named
+    assert named <= targets, f"README names make targets the Makefile lacks: {sorted(named - targets)}"
+
+
+def test_the_readme_shows_every_console_script_and_module() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(re.findall(r"\b(distill-[a-z-]+)", README)) == set(scripts)
+    modules = set(re.findall(r"python -m (distill(?:\.\w+)*)", README))
+    assert {"distill.preprocess.extract", "distill.train", "distill.decode", "distill.demo"} <= modules
+    unknown = sorted(m for m in modules if importlib.util.find_spec(m) is None)
+    assert not unknown, f"README runs modules that do not exist: {unknown}"
 
 
 def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
