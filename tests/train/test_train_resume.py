@@ -1,4 +1,8 @@
-"""SIGKILL a 2-rank run at a random moment after a checkpoint; resume=auto ends where the reference ends."""
+"""SIGKILL a 2-rank run at a drawn moment after a checkpoint; resume=auto ends where the reference ends.
+
+The moment is drawn from a fixed seed (override with ``DISTILL_KILL_SEED`` to explore others); the
+seed is printed and named in every failure, so a failing draw can be rerun exactly.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from safetensors.torch import load_file
 from train_helpers import REFERENCE_BATCH, REPO, ReferenceRun, command, run_train, train_env
 
 from distill.train.checkpoint import latest_checkpoint
+
+KILL_SEED = 1234
 
 
 def descendants(pid: int) -> list[int]:
@@ -50,7 +56,8 @@ def train_records(run_dir: Path) -> list[dict[str, float]]:
 
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run: ReferenceRun) -> None:
-    seed = int(time.time())
+    seed = int(os.environ.get("DISTILL_KILL_SEED", KILL_SEED))
+    print(f"kill seed {seed} (rerun with DISTILL_KILL_SEED={seed})")
     chance = random.Random(seed)
     wanted_step = 2 * chance.randint(1, 3)  # kill after the checkpoint of step 2, 4 or 6 (of 8)
     delay = chance.uniform(0.0, 0.15)
