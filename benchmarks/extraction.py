@@ -1,4 +1,4 @@
-"""Extraction throughput as a ratio to the bare teacher forward pass (DESIGN.md section 9: >= 90%).
+"""Extraction throughput as a ratio to the bare teacher forward pass (target: >= 90%, see the README benchmark table).
 
 Bare: ``teacher(images)`` over the dataset's images, already decoded into uint8 batches in
 memory, on the same device and batch size. Pipeline: ``distill.preprocess.extract.run_extraction``

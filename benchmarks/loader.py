@@ -1,4 +1,4 @@
-"""Training loader throughput vs the same batches already in memory (DESIGN.md section 9: >= 95%).
+"""Training loader throughput vs the same batches already in memory (target: >= 95%, see the README benchmark table).
 
 Two datasets: (1) the five tiny teachers' int8 features extracted from synthetic scenes, and
 (2) the same images with synthetic int8 features at the teachers' *real* output sizes (written

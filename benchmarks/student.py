@@ -32,7 +32,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 SAM_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-# Real-size output specs of the default teachers (DESIGN.md section 3).
+# Real-size output specs of the default teachers (the README teacher table).
 REAL_TEACHERS = {
     "clip": TeacherSpec("clip", 224, *CLIP_NORM, grid=(16, 16), channels=1024, cls_channels=768),
     "dinov2": TeacherSpec("dinov2", 224, *IMAGENET, grid=(16, 16), channels=1024, cls_channels=1024),
