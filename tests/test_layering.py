@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {LOWEST, "teachers", "data", "models", "decode"},
     "encode": {LOWEST, "teachers", "data", "models", "decode"},
     "worldmodel": {LOWEST, "teachers", "data", "models", "decode"},
+    "simulate": {LOWEST, "decode"},
 }
 LOWEST_PACKAGES = {"configs"}  # packages without code that count as the lowest layer
 

@@ -16,11 +16,13 @@ import argparse
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import numpy as np
 from PIL import Image
 
 from distill.data.keys import make_keys, path_digest
@@ -33,6 +35,7 @@ from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"})
+SIDECAR_SUFFIX = ".npz"
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,10 @@ class FrameSelector:
     def __init__(self, every_n: int | None, fps: float | None) -> None:
         self.every_n, self.period = every_n, None if fps is None else 1.0 / fps
         self.next_time = 0.0
+        self.seen = 0  # frames decoded so far, kept or not
 
     def keep(self, index: int, timestamp: float) -> bool:
+        self.seen = index + 1
         if self.every_n is not None:
             return index % self.every_n == 0
         assert self.period is not None
@@ -79,6 +84,66 @@ class FrameSelector:
         while self.next_time <= timestamp + 1e-6:
             self.next_time += self.period
         return True
+
+
+def sidecar_path(video: Path) -> Path:
+    """The per-frame arrays of ``video``: the ``.npz`` beside it with the same stem."""
+    return video.with_suffix(SIDECAR_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Numeric per-frame arrays of one video: row t of every array belongs to decoded frame t."""
+
+    path: Path
+    video: Path
+    arrays: dict[str, np.ndarray]  # name -> float64 [T, K]
+
+    @property
+    def rows(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+    def frame(self, index: int) -> dict[str, list[float]]:
+        """Frame ``index``'s rows, as the frame metadata's ``arrays``."""
+        if index >= self.rows:
+            raise ValueError(self._mismatch(f"at least {index + 1}"))
+        return {name: array[index].tolist() for name, array in self.arrays.items()}
+
+    def check_frame_count(self, frames: int) -> None:
+        if frames != self.rows:
+            raise ValueError(self._mismatch(str(frames)))
+
+    def _mismatch(self, frames: str) -> str:
+        return (
+            f"{self.path} has {self.rows} rows but {self.video} decodes to {frames} frames; "
+            "a sidecar needs exactly one row per video frame (re-export it with the video)"
+        )
+
+
+def read_sidecar(video: Path) -> Sidecar | None:
+    """The sidecar of ``video``, or None without one. Loaded with ``allow_pickle=False``: data, never code."""
+    path = sidecar_path(video)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: np.asarray(archive[name]) for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: unreadable sidecar ({exc}); write it with numpy.savez") from exc
+    if not arrays:
+        raise ValueError(f"{path}: the sidecar holds no arrays; remove it or save per-frame arrays in it")
+    for name, array in arrays.items():
+        if array.ndim == 0 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(
+                f"{path}: array {name!r} must be numeric with one row per frame, got {array.dtype} {array.shape}"
+            )
+    lengths = {name: array.shape[0] for name, array in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"{path}: arrays have different frame counts {lengths}; one row per video frame each"
+        )
+    flat = {name: array.reshape(array.shape[0], -1).astype(np.float64) for name, array in arrays.items()}
+    return Sidecar(path, video, flat)
 
 
 def video_fps(path: Path) -> float | None:
@@ -115,6 +180,11 @@ def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
         rel = path.relative_to(root).as_posix()
         if path.suffix.lower() in VIDEO_EXTENSIONS:
             videos.append((rel, path))
+        elif path.suffix.lower() == SIDECAR_SUFFIX and any(
+            path.with_suffix(ext).exists() or path.with_suffix(ext.upper()).exists()
+            for ext in VIDEO_EXTENSIONS
+        ):
+            continue  # a video's per-frame arrays, read with the video
         else:
             rejections.append(
                 Rejection("videos", rel, f"extension {path.suffix or '(none)'!r} is not a video extension")
@@ -169,16 +239,18 @@ def _write_video(
         return Rejection("videos", rel, f"unreadable video ({type(exc).__name__}: {exc})")
     if fps is None:
         return Rejection("videos", rel, "no video stream")
+    sidecar = read_sidecar(path)
+    selector = FrameSelector(cfg.every_n, cfg.fps)
     kept = 0
     try:
-        for frame in iter_frames(path, FrameSelector(cfg.every_n, cfg.fps), fps):
+        for frame in iter_frames(path, selector, fps):
             key = f"{video_id}_f{frame.index:06d}"
             if key in written:
                 raise ValueError(f"frame key {key!r} is produced twice; rename the video {rel!r}")
             written.add(key)
             buffer = io.BytesIO()
             canonical_view(frame.image, cfg.size).save(buffer, format="JPEG", quality=cfg.quality)
-            meta = {
+            meta: dict[str, object] = {
                 "key": key,
                 "source": rel,
                 "split": split,
@@ -190,6 +262,8 @@ def _write_video(
                 "width": frame.image.width,
                 "height": frame.image.height,
             }
+            if sidecar is not None:
+                meta["arrays"] = sidecar.frame(frame.index)
             writer.add(key, {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()})
             kept += 1
     except (av.FFmpegError, OSError) as exc:
@@ -202,6 +276,8 @@ def _write_video(
         )
     if kept == 0:
         return Rejection("videos", rel, "no decodable frame (zero frames in the video stream)")
+    if sidecar is not None:
+        sidecar.check_frame_count(selector.seen)
     return None
 
 

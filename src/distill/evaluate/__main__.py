@@ -1,0 +1,3 @@
+from distill.evaluate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""Episodes from real simulators, as videos with per-frame state and action sidecars."""
+
+from distill.simulate.pusht import EpisodeConfig, render_episodes
+
+__all__ = ["EpisodeConfig", "render_episodes"]

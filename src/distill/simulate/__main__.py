@@ -1,0 +1,3 @@
+from distill.simulate.cli import main
+
+raise SystemExit(main())
