@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "demo": {LOWEST, "teachers", "data", "preprocess", "models", "losses", "decode"},
     "evaluate": {LOWEST, "teachers", "data", "models", "decode"},
     "encode": {LOWEST, "teachers", "data", "models", "decode"},
-    "worldmodel": {LOWEST, "teachers", "data", "models", "decode"},
+    "worldmodel": {LOWEST, "teachers", "data", "models", "decode", "encode"},
     "simulate": {LOWEST, "decode"},
 }
 LOWEST_PACKAGES = {"configs"}  # packages without code that count as the lowest layer

@@ -1,0 +1,3 @@
+from distill.encode.cli import main
+
+raise SystemExit(main())
