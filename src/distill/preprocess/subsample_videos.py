@@ -4,7 +4,11 @@ Keeps every ``every_n``-th decoded frame, or ``fps`` frames per second of presen
 Each frame's metadata holds ``video_id``, ``frame_index`` (in decode order), ``timestamp``
 (seconds) and the video's ``fps``, so clips can be rebuilt in order (``distill.data.clips``).
 Frames of a video are written contiguously and in order; a video goes wholly to one split
-(``val`` when the hash of its path falls under ``val_fraction``). An unreadable video, one
+(``val`` when the hash of its path falls under ``val_fraction``). A LeRobot dataset folder
+(``meta/info.json``, v2.x or v3 layout, see ``distill.preprocess.lerobot``) is read with ``camera``:
+one video id ``episode_NNNNNN`` per episode, each frame's ``action`` and ``observation.state`` rows
+carried in its metadata ``arrays``; an episode whose frames and rows do not pair one to one is skipped
+and listed in rejected.txt. An unreadable video, one
 without a video stream or without any decodable frame goes to rejected.txt; a video whose
 decoding fails part way keeps the frames before the failure and is listed there too.
 Run as ``python -m distill.preprocess.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
@@ -31,6 +35,14 @@ from distill.data.shards import SplitWriter
 from distill.geometry import canonical_view
 from distill.preprocess.cli import config_from_args, setup_logging
 from distill.preprocess.dataset_dir import prepare_dataset_dir
+from distill.preprocess.lerobot import (
+    EpisodeMismatch,
+    LeRobotEpisode,
+    is_lerobot,
+    lerobot_episodes,
+    match_frames,
+    read_info,
+)
 from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,7 @@ class VideoConfig:
     fps: float | None = None  # or keep this many frames per second
     val_fraction: float = 0.0
     overwrite: bool = False
+    camera: str | None = None  # a LeRobot dataset folder's video key to read
 
     def __post_init__(self) -> None:
         if (self.every_n is None) == (self.fps is None):
@@ -168,6 +181,8 @@ def iter_frames(path: Path, selector: FrameSelector, fps: float | None) -> Itera
 
 def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
     """Build ``cfg.dataset`` from the videos under ``cfg.source``; returns samples per split."""
+    if cfg.camera is not None or (cfg.source.is_dir() and is_lerobot(cfg.source)):
+        return _subsample_lerobot(cfg)
     if cfg.source.is_file():
         root, files = cfg.source.parent, [cfg.source]
     elif cfg.source.is_dir():
@@ -193,7 +208,7 @@ def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
     prepare_dataset_dir(cfg.dataset, cfg.overwrite)
     by_split: dict[str, list[tuple[str, Path]]] = {}
     for rel, path in videos:
-        split = "val" if int(path_digest(rel, 8), 16) / 16**8 < cfg.val_fraction else "train"
+        split = _split_of(rel, cfg)
         by_split.setdefault(split, []).append((rel, path))
     splits: dict[str, SplitInfo] = {}
     written: set[str] = set()
@@ -205,6 +220,17 @@ def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
                     rejections.append(rejection)
         if writer.shards:
             splits[split] = SplitInfo(tuple(ShardInfo(name, count) for name, count in writer.shards))
+    return _finish(cfg, root, splits, rejections)
+
+
+def _split_of(name: str, cfg: VideoConfig) -> str:
+    return "val" if int(path_digest(name, 8), 16) / 16**8 < cfg.val_fraction else "train"
+
+
+def _finish(
+    cfg: VideoConfig, root: Path, splits: dict[str, SplitInfo], rejections: list[Rejection]
+) -> dict[str, int]:
+    """Write rejected.txt and the manifest; returns samples per split."""
     if not splits:
         raise ValueError(
             f"no decodable video frame under {cfg.source} ({len(rejections)} rejected, see rejected.txt)"
@@ -248,8 +274,6 @@ def _write_video(
             if key in written:
                 raise ValueError(f"frame key {key!r} is produced twice; rename the video {rel!r}")
             written.add(key)
-            buffer = io.BytesIO()
-            canonical_view(frame.image, cfg.size).save(buffer, format="JPEG", quality=cfg.quality)
             meta: dict[str, object] = {
                 "key": key,
                 "source": rel,
@@ -264,7 +288,7 @@ def _write_video(
             }
             if sidecar is not None:
                 meta["arrays"] = sidecar.frame(frame.index)
-            writer.add(key, {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()})
+            _add_frame(writer, frame.image, meta, cfg)
             kept += 1
     except (av.FFmpegError, OSError) as exc:
         if kept == 0:
@@ -281,11 +305,79 @@ def _write_video(
     return None
 
 
+def _add_frame(writer: SplitWriter, image: Image.Image, meta: dict[str, object], cfg: VideoConfig) -> None:
+    buffer = io.BytesIO()
+    canonical_view(image, cfg.size).save(buffer, format="JPEG", quality=cfg.quality)
+    writer.add(str(meta["key"]), {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()})
+
+
+def _subsample_lerobot(cfg: VideoConfig) -> dict[str, int]:
+    """A LeRobot dataset folder -> frames: one video id per episode of camera ``cfg.camera``."""
+    if not is_lerobot(cfg.source):
+        raise ValueError(f"--camera reads a LeRobot dataset folder, and {cfg.source} has no meta/info.json")
+    if cfg.camera is None:
+        raise ValueError(f"{cfg.source} is a LeRobot dataset: choose a camera with --camera")
+    fps = float(read_info(cfg.source)["fps"])
+    episodes = list(lerobot_episodes(cfg.source, cfg.camera))
+    prepare_dataset_dir(cfg.dataset, cfg.overwrite)
+    rejections: list[Rejection] = []
+    splits: dict[str, SplitInfo] = {}
+    by_split: dict[str, list[LeRobotEpisode]] = {}
+    for episode in episodes:
+        by_split.setdefault(_split_of(f"episode_{episode.index:06d}", cfg), []).append(episode)
+    for split, members in sorted(by_split.items()):
+        with SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer:
+            for episode in members:
+                rejection = _write_episode(writer, episode, split, fps, cfg)
+                if rejection is not None:
+                    rejections.append(rejection)
+        if writer.shards:
+            splits[split] = SplitInfo(tuple(ShardInfo(name, count) for name, count in writer.shards))
+    return _finish(cfg, cfg.source, splits, rejections)
+
+
+def _write_episode(
+    writer: SplitWriter, episode: LeRobotEpisode, split: str, fps: float, cfg: VideoConfig
+) -> Rejection | None:
+    """Append one episode's kept frames, or return why it is skipped (nothing written then)."""
+    video_id = f"episode_{episode.index:06d}"
+    rel = episode.video.relative_to(cfg.source).as_posix()
+    try:
+        images = match_frames(episode, fps)
+    except (EpisodeMismatch, av.FFmpegError, OSError) as exc:
+        return Rejection("videos", f"{rel} episode {episode.index}", f"skipped: {exc}")
+    selector = FrameSelector(cfg.every_n, cfg.fps)
+    for row, image in enumerate(images):
+        index, timestamp = int(episode.frame_indices[row]), float(episode.timestamps[row])
+        if not selector.keep(index, timestamp):
+            continue
+        meta: dict[str, object] = {
+            "key": f"{video_id}_f{index:06d}",
+            "source": rel,
+            "split": split,
+            "label": None,
+            "video_id": video_id,
+            "episode_index": episode.index,
+            "frame_index": index,
+            "timestamp": timestamp,
+            "fps": fps,
+            "width": image.width,
+            "height": image.height,
+            "arrays": {name: values[row].tolist() for name, values in episode.arrays.items()},
+        }
+        _add_frame(writer, image, meta, cfg)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("source", type=Path, help="a video file or a folder of videos")
+    parser.add_argument(
+        "source",
+        type=Path,
+        help="a video file, a folder of videos, or a LeRobot dataset folder (with --camera)",
+    )
     parser.add_argument("dataset", type=Path, help="output dataset folder, <root>/<dataset>")
     keep = parser.add_mutually_exclusive_group(required=True)
     keep.add_argument("--every-n", type=int, help="keep every Nth decoded frame")
@@ -298,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset (and its features)"
+    )
+    parser.add_argument(
+        "--camera",
+        default=None,
+        help="LeRobot dataset folders: the camera (video key) to read, one video per episode",
     )
     return parser
 
