@@ -133,13 +133,15 @@ def render(
     title: str | None = None,
     min_cell: int = MIN_CELL,
     ranges: Mapping[str, ValueRange] | None = None,
+    labels: tuple[str, str] = ("student", "teacher"),
 ) -> list[Image.Image]:
     """One grid per frame: a "student" row and, with ``teacher``, a "teacher" row.
 
     ``images`` [T, 3, S, S] adds the input column and is the backdrop of the mask overlays;
     without it (e.g. a world-model rollout) the input column is left out. ``title`` is drawn above
     each grid with the frame number for clips longer than one frame. ``ranges`` overrides the depth
-    display ranges (e.g. to share them across separately rendered chunks).
+    display ranges (e.g. to share them across separately rendered chunks). ``labels`` name the two
+    rows (a world-model rollout beside the encoded ground truth, say).
     """
     frames = student.frames
     if teacher is not None and teacher.frames != frames:
@@ -158,7 +160,7 @@ def render(
         base = _uint8(images[t]) if images is not None else None
         painter = _Painter(cell, student.image_size, base, shared)
         rows = []
-        for label, decoded in (("student", student), ("teacher", teacher)):
+        for label, decoded in zip(labels, (student, teacher), strict=True):
             if decoded is None:
                 continue
             cells, notes = [], []

@@ -1,0 +1,3 @@
+from distill.worldmodel.cli import main
+
+raise SystemExit(main())
