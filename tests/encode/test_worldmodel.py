@@ -52,6 +52,7 @@ def test_an_untrained_model_is_the_copy_last_baseline(clips: LatentClips) -> Non
     torch.testing.assert_close(imagined["world_model"], imagined["copy_last"])
     metrics = rollout_metrics(model, clips, 4)
     assert metrics.windows == len(clips) and metrics.cosine["world_model"] == metrics.cosine["copy_last"]
+    assert metrics.centered_cosine["world_model"] == metrics.centered_cosine["copy_last"]
 
 
 @pytest.fixture(scope="module")

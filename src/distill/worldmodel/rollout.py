@@ -4,7 +4,10 @@ For every window of ``history + horizon`` z's of the split, the model sees the f
 z's and every action, and imagines the next ``horizon`` z's on its own predictions. The baseline
 repeats the last context z. Pixel PSNR (when the student has a pixel head and the frames dataset the
 latents came from is at hand) compares the student's pixels decoded from each z with the true frame;
-``encoded`` is the ceiling: the pixels decoded from the true frame's own z.
+``encoded`` is the ceiling: the pixels decoded from the true frame's own z. ``centered_cosine`` measures
+the cosine around the training split's mean z (the model's normalisation buffer, the same for both
+predictors): when z carries a large constant part (a random-init student), raw cosines all sit near 1
+and only the centred one shows which predictor follows the motion.
 """
 
 from __future__ import annotations
@@ -29,10 +32,17 @@ class RolloutMetrics:
     horizon: int
     windows: int
     cosine: dict[str, list[float]]  # predictor -> mean z cosine at horizons 1..N
+    centered_cosine: dict[str, list[float]]  # the same around the training mean z
     psnr: dict[str, list[float]] = field(default_factory=dict)  # predictor (and "encoded") -> mean dB
 
     def to_dict(self) -> dict[str, object]:
-        return {"horizon": self.horizon, "windows": self.windows, "cosine": self.cosine, "psnr": self.psnr}
+        return {
+            "horizon": self.horizon,
+            "windows": self.windows,
+            "cosine": self.cosine,
+            "centered_cosine": self.centered_cosine,
+            "psnr": self.psnr,
+        }
 
 
 def open_clips(model: LatentWorldModel, latents: Path, split: str, horizon: int) -> LatentClips:
@@ -93,6 +103,7 @@ def rollout_metrics(
     history, skip = model.config.history, model.config.frame_skip
     with_pixels = student is not None and student.pixel_head is not None and frames is not None
     cosine = {name: torch.zeros(horizon, dtype=torch.float64) for name in PREDICTORS}
+    centered = {name: torch.zeros(horizon, dtype=torch.float64) for name in PREDICTORS}
     psnr = {name: torch.zeros(horizon, dtype=torch.float64) for name in (*PREDICTORS, "encoded")}
     windows = 0
     for batch in clips.in_order(batch_size):
@@ -100,6 +111,8 @@ def rollout_metrics(
         truth = batch.z[:, history:].to(model.z_mean.device)
         for name, z in imagined.items():
             cosine[name] += F.cosine_similarity(z, truth, dim=-1).sum(0).double().cpu()
+            around = F.cosine_similarity(z - model.z_mean, truth - model.z_mean, dim=-1)
+            centered[name] += around.sum(0).double().cpu()
         if with_pixels:
             assert student is not None and frames is not None
             targets = torch.stack(
@@ -119,5 +132,6 @@ def rollout_metrics(
         horizon,
         windows,
         {name: (values / windows).tolist() for name, values in cosine.items()},
+        {name: (values / windows).tolist() for name, values in centered.items()},
         {name: (values / windows).tolist() for name, values in psnr.items()} if with_pixels else {},
     )
