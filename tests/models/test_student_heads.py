@@ -69,7 +69,8 @@ def test_mlp_mixes_one_position_and_conv_its_neighbourhood(kind: str, reach: int
 def test_pixel_head_unpatchifies_in_mae_order() -> None:
     torch.manual_seed(0)
     p, h, w = 4, 3, 5
-    head = PixelHead(in_dim=6, patch_size=p)
+    head = PixelHead(in_dim=6, patch_size=p, image_size=16)
+    head.set_canvas(torch.zeros(3, 16, 16))  # the residual alone, resampled zeros add nothing
     tokens = torch.randn(2, h, w, 6)
     image = head(tokens)
     assert image.shape == (2, 3, h * p, w * p)
@@ -84,3 +85,21 @@ def test_pixel_head_unpatchifies_in_mae_order() -> None:
                     ]
     np.testing.assert_allclose(image.detach().numpy(), want, atol=1e-6)
     assert torch.equal(patchify(image, p), head.linear(head.norm(tokens)))
+
+
+def test_pixel_head_adds_its_canvas_resampled_to_the_output_size() -> None:
+    torch.manual_seed(0)
+    head = PixelHead(in_dim=6, patch_size=4, image_size=8)
+    mean_image = torch.rand(3, 8, 8)
+    head.set_canvas(mean_image)
+    tokens = torch.randn(1, 2, 2, 6)
+    residual = head(tokens) - mean_image  # at the training size the canvas is added as it is
+    head.set_canvas(torch.zeros(3, 8, 8))
+    torch.testing.assert_close(head(tokens), residual)
+    head.set_canvas(torch.full((3, 4, 4), 0.25))  # a canvas of another size is resampled on the way in
+    torch.testing.assert_close(head.canvas, torch.full((1, 3, 8, 8), 0.25))
+    torch.nn.init.zeros_(head.linear.weight)
+    torch.nn.init.zeros_(head.linear.bias)  # no residual: a 4x4 grid (16 px) shows the canvas resampled
+    torch.testing.assert_close(head(tokens.repeat(1, 2, 2, 1)), torch.full((1, 3, 16, 16), 0.25))
+    with pytest.raises(ValueError, match="canvas image must be"):
+        head.set_canvas(torch.zeros(8, 8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from train_helpers import ReferenceRun, TinyData, data_overrides, run_train
@@ -49,8 +50,17 @@ def test_finetune_starts_from_the_checkpoint_on_a_domain_dataset(
         load_file(str(init / "model.safetensors")),
         load_file(str(run / "student" / "model.safetensors")),
     )
-    moved = max(float((tuned[k] - start[k]).abs().max()) for k in start)
-    assert 0 < moved <= budget, (moved, budget)
+    # z batch-norm running statistics are recomputed for the new data before saving: not weights
+    weights = [k for k in start if not k.startswith("to_z.z_norm.running_")]
+    # Weights near 1 (sine-cosine position tables, the canvas) are stored to float32's spacing there.
+    excess = [
+        float((tuned[k] - start[k]).abs().max())
+        - budget
+        - 2 * torch.finfo(torch.float32).eps * float(start[k].abs().max())
+        for k in weights
+    ]
+    moved = max(float((tuned[k] - start[k]).abs().max()) for k in weights)
+    assert moved > 0 and max(excess) <= 0, (moved, budget, max(excess))
     fresh = Student(Student.from_pretrained(init).config, load_pretrained=False).state_dict()
     assert max(float((fresh[k] - start[k]).abs().max()) for k in start) > 100 * budget
 

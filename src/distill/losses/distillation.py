@@ -4,7 +4,7 @@ Per teacher ``t`` with weight ``w_t``::
 
     t/total = w_t * (patch_cos * t/patch_cos + patch_l1 * t/patch_l1 + cls_cos * t/cls_cos)
 
-and ``pixels/total = pixel_mse * pixels/mse``; the loss is the sum of the totals. A weight of zero
+and ``pixels/total = pixel_mse * pixels/mse / pixel_scale``; the loss is the sum of the totals. A weight of zero
 drops the term from the graph entirely (its head gets no gradient, and a NaN there cannot poison
 the total); its raw value is still reported for logging.
 """
@@ -35,6 +35,9 @@ class LossConfig:
     patch_l1: float = 1.0  # per-element smooth L1
     cls_cos: float = 1.0  # summary (CLS) cosine distance, for teachers that have a CLS
     pixel_mse: float = 1.0  # used when the student has a pixel head
+    # The pixel MSE is divided by this: the MSE of the mean training image (the trainer measures it),
+    # so the pixel term starts near 1 like a teacher term instead of ~0.005 on mostly static frames.
+    pixel_scale: float = 1.0
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
 
@@ -49,6 +52,8 @@ class LossConfig:
         for name, value in named.items():
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"loss weight {name} must be finite and >= 0, got {value}")
+        if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+            raise ValueError(f"pixel_scale must be finite and > 0, got {self.pixel_scale}")
         if not self.smooth_l1_beta > 0:
             raise ValueError(f"smooth_l1_beta must be > 0, got {self.smooth_l1_beta}")
 
@@ -121,7 +126,7 @@ def distillation_loss(
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.pixel_mse > 0):
             mse = pixel_mse(output.pixels, images)
-        total = _weighted_sum({"mse": mse}, {"mse": cfg.pixel_mse}, scale=1.0)
+        total = _weighted_sum({"mse": mse}, {"mse": cfg.pixel_mse}, scale=1.0 / cfg.pixel_scale)
         terms["pixels/mse"], terms["pixels/total"] = mse.detach(), _report(total, output.pixels)
         if total is not None:
             totals.append(total)

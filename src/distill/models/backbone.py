@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformers import ViTConfig, ViTModel
 
 from distill.models.config import StudentConfig
+from distill.models.decoder import sincos_2d
 
 # Fields that must agree between our preset and a pretrained checkpoint for its weights to mean the same thing.
 _ARCH_FIELDS = (
@@ -51,6 +52,9 @@ def vit_config(config: StudentConfig) -> ViTConfig:
 def build_backbone(config: StudentConfig, load_pretrained: bool = True) -> ViTModel:
     """A randomly initialised ViT, then (when ``config.pretrained`` is set and asked for) the checkpoint's weights."""
     backbone = ViTModel(vit_config(config), add_pooling_layer=False)
+    with torch.no_grad():  # sine-cosine start for the position table (see decoder.sincos_2d)
+        table = backbone.embeddings.position_embeddings
+        table[0, 1:] = sincos_2d(config.grid, table.shape[-1])
     if load_pretrained and config.pretrained is not None:
         load_pretrained_backbone(backbone, config.pretrained)
     return backbone

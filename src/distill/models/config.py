@@ -10,6 +10,7 @@ from distill.models.presets import PRESET_FIELDS, BackboneSize, get_preset
 
 Bottleneck = Literal["cls", "none"]
 HeadKind = Literal["mlp", "conv"]
+ZNorm = Literal["batch", "none"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +33,7 @@ class StudentConfig:
     patch_size: int
     bottleneck: Bottleneck = "cls"
     d_z: int  # width of the compact representation z
+    z_norm: ZNorm = "batch"  # z standardised over the batch (models/znorm.py) | none
     # Token decoder (bottleneck="cls" only; "none" has no decoder and refuses decoder_dim/decoder_heads,
     # while decoder_depth keeps whatever the model preset says and is not read).
     decoder_dim: int | None = None  # token decoder width; None = backbone width
@@ -48,6 +50,8 @@ class StudentConfig:
         get_preset(self.size)
         if self.bottleneck not in get_args(Bottleneck):
             raise ValueError(f"bottleneck must be one of {get_args(Bottleneck)}, got {self.bottleneck!r}")
+        if self.z_norm not in get_args(ZNorm):
+            raise ValueError(f"z_norm must be one of {get_args(ZNorm)}, got {self.z_norm!r}")
         if self.head not in get_args(HeadKind):
             raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
         if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:

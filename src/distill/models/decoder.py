@@ -6,17 +6,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.models.config import ZNorm
+from distill.models.znorm import ZBatchNorm
+
 
 class ZProjection(nn.Module):
-    """Backbone CLS output [B, D] -> z [B, d_z] (LayerNorm + Linear)."""
+    """Backbone CLS output [B, D] -> z [B, d_z]: LayerNorm + Linear, then (``z_norm="batch"``) z batch norm."""
 
-    def __init__(self, width: int, d_z: int) -> None:
+    def __init__(self, width: int, d_z: int, z_norm: ZNorm) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.linear = nn.Linear(width, d_z)
+        # Batch norm removes any constant shift of z, so biases before it would get a zero gradient,
+        # which Adam turns into steps of full size in the direction of rounding noise: leave them out.
+        shifts = z_norm != "batch"
+        self.norm = nn.LayerNorm(width, bias=shifts)
+        self.linear = nn.Linear(width, d_z, bias=shifts)
+        self.z_norm = ZBatchNorm(d_z) if z_norm == "batch" else None
 
     def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(cls_token))
+        z = self.linear(self.norm(cls_token))
+        return z if self.z_norm is None else self.z_norm(z)
+
+
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """[h*w, dim] fixed 2-D sine-cosine position codes (MAE's), rows in raster order.
+
+    Used to initialise learned position tables: at ``std=0.02`` random tables every position looks
+    alike, so neither the encoder nor the decoder can tell where anything is until they have
+    learned positions from scratch, which small moving objects give almost no signal for.
+    """
+    if dim % 4:
+        raise ValueError(f"sine-cosine position codes need a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float32), torch.arange(grid[1], dtype=torch.float32), indexing="ij"
+    )
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    parts = [f(axis.reshape(-1, 1) * omega) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
 
 
 class Block(nn.Module):
@@ -44,16 +70,15 @@ class Block(nn.Module):
 class TokenDecoder(nn.Module):
     """z [B, d_z] -> token grid [B, h, w, dim], reading nothing but z and its own parameters.
 
-    One learned query per position of the student's patch grid (resampled bicubically for another
-    input resolution, like ViT position embeddings). z enters twice: added to every query and
+    One learned query per position of the student's patch grid, initialised to sine-cosine codes
+    (resampled bicubically for another input resolution, like ViT position embeddings). z enters twice: added to every query and
     prepended as an extra token the blocks attend to; that token is dropped at the end.
     """
 
     def __init__(self, d_z: int, dim: int, depth: int, heads: int, grid: tuple[int, int]) -> None:
         super().__init__()
         self.grid = grid
-        self.queries = nn.Parameter(torch.empty(1, grid[0] * grid[1], dim))
-        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.queries = nn.Parameter(sincos_2d(grid, dim)[None])
         self.z_add = nn.Linear(d_z, dim)
         self.z_token = nn.Linear(d_z, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))

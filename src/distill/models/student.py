@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class Student(nn.Module):
         width = config.backbone.width
         self.register_buffer("pixel_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
-        self.to_z = ZProjection(width, config.d_z)
+        self.to_z = ZProjection(width, config.d_z, config.z_norm)
         self.decoder: TokenDecoder | None = None
         grid_dim = width
         if config.bottleneck == "cls":
@@ -74,7 +74,9 @@ class Student(nn.Module):
                 for name, spec in config.teachers.items()
             }
         )
-        self.pixel_head = PixelHead(grid_dim, config.patch_size) if config.pixel_head else None
+        self.pixel_head = (
+            PixelHead(grid_dim, config.patch_size, config.image_size) if config.pixel_head else None
+        )
         self.stats: dict[str, FeatureStats] | None = None
 
     @property
@@ -102,6 +104,29 @@ class Student(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run)."""
         return self.to_z(self.backbone_tokens(images)[:, 0])
+
+    @torch.no_grad()
+    def recalibrate_z(self, batches: Iterable[torch.Tensor]) -> int:
+        """Set z batch norm's running statistics to the exact ones of the current weights over ``batches``.
+
+        Call it before evaluating or saving a student trained with ``z_norm="batch"`` (the trainer does,
+        for every checkpoint); under torch.distributed every rank must call it with its own batches.
+        Returns the number of images seen on this rank (0 when the student has no z batch norm).
+        """
+        norm = self.to_z.z_norm
+        if norm is None:
+            return 0
+        was_training = self.training
+        seen = 0
+        self.train()
+        try:
+            with norm.recalibrating():
+                for images in batches:
+                    self.encode(images)
+                    seen += images.shape[0]
+        finally:
+            self.train(was_training)
+        return seen
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -197,4 +222,5 @@ class Student(nn.Module):
         student = cls(config, load_pretrained=False)
         load_state_strict(student, Path(directory) / WEIGHTS_NAME)
         student.set_stats(read_stats(directory, config))
+        student.eval()  # inference: z batch norm uses its saved statistics
         return student.to(device) if device is not None else student

@@ -52,10 +52,18 @@ class TrainingConfig:
     checkpoint_every: int
     keep_last: int
     online_stats_steps: int
+    calibration_batches: int
     loss: dict[str, Any]  # distill.losses.LossConfig fields
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "online_stats_steps"):
+        for key in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "online_stats_steps",
+            "calibration_batches",
+        ):
             require_positive(f"training.{key}", getattr(self, key))
         require_positive("training.lr", self.lr)
         for key in ("warmup_steps", "weight_decay", "grad_clip", "val_every", "keep_last", "min_lr_ratio"):

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
 from distill.models import Student
 from distill.train import rng
+from distill.train.calibrate import image_moments, pixel_scale, recalibrate
 from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
 from distill.train.config import RunConfig
 from distill.train.ema import Ema
@@ -119,6 +120,10 @@ class Trainer:
             log.info("initialised the student from %s", cfg.init_from)
         self.student.set_stats(stats)
         self.student.to(ctx.device)
+        moments = image_moments(self._calibration_images(), ctx)
+        self.loss_cfg = replace(self.loss_cfg, pixel_scale=pixel_scale(moments))
+        if starting_from is None and self.student.pixel_head is not None:
+            self.student.pixel_head.set_canvas(moments.mean_image)
         self.ema: Ema[Student] | None = Ema(self.student, training.ema_decay) if training.ema_decay else None
         self.optimizer = build_optimizer(
             self.student,
@@ -298,9 +303,19 @@ class Trainer:
             record["grad_norm"] = grad_norm
         return record
 
+    def _calibration_images(self) -> Iterator[torch.Tensor]:
+        training = self.cfg.training  # whole optimiser steps, so accumulation sees the same images
+        return self.loader.first_images(training.calibration_batches * training.grad_accum)
+
+    def _recalibrate(self) -> None:
+        """z batch-norm statistics for the weights about to be evaluated or saved (live and EMA)."""
+        models = [self.student] + ([self.ema.module] if self.ema is not None else [])
+        recalibrate(models, self._calibration_images(), self.ctx.device)
+
     def validate(self) -> None:
         if self.loader.val_split is None:
             return
+        self._recalibrate()
         # the bare student, not the DDP wrapper: ranks may hold different numbers of val batches,
         # so no forward pass here may take part in a collective
         models: dict[str, nn.Module] = {"": self.student}
@@ -335,6 +350,7 @@ class Trainer:
             self.ema.module.save_pretrained(folder / "ema", self.stats)
 
     def save_checkpoint(self) -> None:
+        self._recalibrate()
         states = all_gather_object(self.ctx, rng.capture())
         if self.ctx.is_main:
             path = write_checkpoint(
@@ -350,6 +366,7 @@ class Trainer:
 
     def export(self) -> None:
         """The final weights as plain student folders: ``<run_dir>/student`` (and ``student_ema``)."""
+        self._recalibrate()
         if self.ctx.is_main:
             self.student.save_pretrained(self.run_dir / FINAL_STUDENT, self.stats)
             if self.ema is not None:
