@@ -43,6 +43,11 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file(), line
     assert Image.open(tmp_path / "loss_curve.png").size == (640, 400)
     assert [s.name for s in result.steps][-1] == "decode the video: student vs teachers"
+    evaluation = json.loads((result.evaluation / "report.json").read_text())
+    assert (
+        f"{evaluation['pixels']['pca']['psnr_mean']:.2f}" in text
+    )  # the report carries the evaluation table
+    assert evaluation["frames"]["eval"] == manifest["splits"]["val"]["count"]
     assert (result.student / "config.json").is_file() and (result.student / "model.safetensors").is_file()
 
 

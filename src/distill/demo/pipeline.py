@@ -72,6 +72,11 @@ class DemoResult:
     def decoded(self) -> Path:
         return self.config.output / "decoded"
 
+    @property
+    def evaluation(self) -> Path:
+        """distill-evaluate's report.json / report.md / grid.png on the held-out images."""
+        return self.config.output / "evaluation"
+
 
 def script(path: str) -> list[str]:
     return [sys.executable, str(REPO / "scripts" / path)]
@@ -195,6 +200,17 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             "logging.wandb.mode=disabled",
             f"output_dir={result.run_dir.parent}",
             f"run_name={result.run_dir.name}",
+        ],
+    )
+    run_step(
+        result,
+        "evaluate what z carries (held-out images, against the mean image and PCA of the same width)",
+        [
+            *script("evaluate_latents.py"),
+            str(result.student),
+            str(result.dataset),
+            f"--output={result.evaluation}",
+            "--grid-frames=6",
         ],
     )
     run_step(

@@ -46,6 +46,12 @@ def sample_frames(video: Path, folder: Path, count: int = 3) -> list[Path]:
     return paths
 
 
+def evaluation_lines(folder: Path, out: Path) -> list[str]:
+    """distill-evaluate's tables, without its title, with its picture linked from the demo report."""
+    lines = (folder / "report.md").read_text().splitlines()[1:]
+    return [line.replace("](grid.png)", f"]({(folder / 'grid.png').relative_to(out)})") for line in lines]
+
+
 def write_report(result: DemoResult) -> Path:
     out = result.config.output
     records = read_metrics(result.run_dir / "metrics.jsonl")
@@ -65,6 +71,10 @@ def write_report(result: DemoResult) -> Path:
         f"Training loss: {first:.3f} at step {train[0]['step']} -> {last:.3f} at step {train[-1]['step']}.",
         "",
         f"![loss curve]({curve.name})",
+        "",
+        "## What z carries (held-out images)",
+        "",
+        *evaluation_lines(result.evaluation, out),
         "",
         "## Decoded video (rows: student, teacher)",
         "",

@@ -41,6 +41,7 @@ class Report:
     train_split: str
     eval_split: str
     d_z: int
+    pca_components: int  # d_z, unless the train split has fewer frames
     frames: dict[str, int]
     pixels: dict[str, dict[str, float]]  # "z", "mean_image", "pca" -> psnr/ssim mean and p5
     teachers: dict[str, dict[str, float]]  # teacher -> patch_cos (per token), cls_cos
@@ -72,7 +73,7 @@ def evaluate_student(model: Student, cfg: EvalConfig) -> tuple[Report, GridFrame
     manifest = load_manifest(cfg.dataset)
     train = _collect(model, cfg.dataset, cfg.train_split, cfg.batch_size, cfg.max_train_frames)
     d_z = model.config.d_z
-    pca = PixelPCA.fit(train.images, d_z)
+    pca = PixelPCA.fit(train.images, min(d_z, train.images.shape[0]))  # fewer only on a tiny train split
     mean = mean_image(train.images)
     eval_count = manifest.split(cfg.eval_split, cfg.dataset).count
     if cfg.max_eval_frames is not None:
@@ -126,6 +127,7 @@ def evaluate_student(model: Student, cfg: EvalConfig) -> tuple[Report, GridFrame
         cfg.train_split,
         cfg.eval_split,
         d_z,
+        pca.k,
         {"train": len(train.ids), "eval": len(ids)},
         pixels,
         teacher_report,

@@ -22,13 +22,13 @@ def _cells(images: torch.Tensor) -> list[np.ndarray]:
     return list((images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
-def draw_grid(frames: GridFrames, d_z: int) -> Image.Image:
+def draw_grid(frames: GridFrames, pca_components: int) -> Image.Image:
     """One column per shown frame; each decoded cell carries its PSNR."""
     target = frames.images.float() / 255
     rows = [GridRow("input", _cells(target))]
     for (_, label), pred in zip(PIXEL_ROWS, (frames.from_z, frames.pca, frames.mean), strict=True):
         notes = [f"{v:.1f} dB" for v in psnr(pred, target).tolist()]
-        rows.append(GridRow(label.replace("d_z", str(d_z)), _cells(pred), notes))
+        rows.append(GridRow(label.replace("d_z", str(pca_components)), _cells(pred), notes))
     columns = [f"frame {i + 1}" for i in range(frames.images.shape[0])]
     return compose_grid(columns, rows, cell_size(frames.images.shape[-1], 128), title="held-out frames")
 
@@ -46,7 +46,7 @@ def markdown(report: Report, picture: str | None) -> str:
     for name, label in PIXEL_ROWS:
         row = report.pixels[name]
         lines.append(
-            f"| {label.replace('d_z', str(report.d_z))} | {row['psnr_mean']:.2f} | {row['psnr_p5']:.2f} | "
+            f"| {label.replace('d_z', str(report.pca_components))} | {row['psnr_mean']:.2f} | {row['psnr_p5']:.2f} | "
             f"{row['ssim_mean']:.3f} | {row['ssim_p5']:.3f} |"
         )
     if report.teachers:
@@ -55,7 +55,11 @@ def markdown(report: Report, picture: str | None) -> str:
             cls = f"{row['cls_cos']:.3f}" if "cls_cos" in row else "-"
             lines.append(f"| {teacher} | {row['patch_cos']:.3f} | {cls} |")
     if report.probe:
-        lines += ["", "| ridge probe R^2 (held-out) | from z | from PCA(d_z) |", "|---|---|---|"]
+        lines += [
+            "",
+            f"| ridge probe R^2 (held-out) | from z | from PCA({report.pca_components}) |",
+            "|---|---|---|",
+        ]
         for name, probe in report.probe.items():
             for i, (from_z, from_pca) in enumerate(zip(probe["z"], probe["pca"], strict=True)):
                 lines.append(f"| {name}[{i}] | {from_z:.3f} | {from_pca:.3f} |")
@@ -75,7 +79,7 @@ def markdown(report: Report, picture: str | None) -> str:
 def write_report(report: Report, frames: GridFrames, output: Path) -> Path:
     """Write ``report.json``, ``report.md`` and ``grid.png`` into ``output``; returns the markdown path."""
     output.mkdir(parents=True, exist_ok=True)
-    write_png(draw_grid(frames, report.d_z), output / "grid.png")
+    write_png(draw_grid(frames, report.pca_components), output / "grid.png")
     atomic_write_text(output / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(output / "report.md", markdown(report, "grid.png"))
     return output / "report.md"

@@ -1,0 +1,153 @@
+"""What z carries on real simulator video, against PCA of the same width: the d_z curve.
+
+PushT episodes (gym-pusht) -> frame shards with per-frame state (subsample_videos) -> the five tiny
+teachers' features (int8) -> stats -> one training run per d_z (``model=tiny training=sim``, all five
+teachers' terms on) -> ``distill.evaluate`` on held-out episodes. Each point reports pixels through z
+(PSNR, SSIM), the mean image and PCA(d_z) fitted on the same train split, every teacher's cosine from
+z, and ridge probes from z and from PCA to the agent and block positions.
+
+    python benchmarks/latent_quality.py --work /tmp/latents --dz 16 32 64 128
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import HERE, base_parser, write_result
+from distill.demo.plot import line_plot
+from distill.distributed import DistContext
+from distill.evaluate import EvalConfig, evaluate_student
+from distill.evaluate.report import write_report
+from distill.models.student import Student
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
+from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
+from distill.simulate import EpisodeConfig, render_episodes
+from distill.simulate.pusht import STATE_NAMES
+from distill.teachers import load_teacher
+
+TEACHERS = ("clip", "dinov2", "mae", "sam", "depth_anything")
+REPO = HERE.parent
+
+
+def build_dataset(work: Path, episodes: int, frames: int, size: int) -> Path:
+    dataset = work / "pusht"
+    if (dataset / "feature_stats").is_dir():
+        return dataset
+    render_episodes(EpisodeConfig(work / "videos", episodes=episodes, frames=frames, size=96, seed=7))
+    subsample_videos(
+        VideoConfig(
+            work / "videos",
+            dataset,
+            size=size,
+            every_n=1,
+            val_fraction=0.2,
+            samples_per_shard=200,
+            overwrite=True,
+        )
+    )
+    jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in TEACHERS)
+    teachers = {name: load_teacher(name, "tiny", device="cpu") for name in TEACHERS}
+    run_extraction(ExtractConfig(dataset, jobs, batch_size=64, progress=False), teachers, DistContext())
+    compute_stats(StatsConfig(dataset, (), "train", dataset / "feature_stats"))
+    return dataset
+
+
+def train(dataset: Path, work: Path, d_z: int, steps: int) -> Path:
+    run = work / "runs" / f"dz{d_z}"
+    if (run / "student" / "model.safetensors").is_file():
+        return run / "student"
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "train_rvfm.py"),
+        f"dataset.root={dataset.parent}",
+        f"dataset.name={dataset.name}",
+        f"dataset.stats_dir={dataset / 'feature_stats'}",
+        "dataset.num_streams=8",
+        "dataset.num_workers=0",
+        "teachers=all5",
+        "teacher_source=tiny",
+        "model=tiny",
+        f"model.d_z={d_z}",
+        "training=sim",
+        f"training.steps={steps}",
+        f"training.checkpoint_every={steps}",
+        "logging.wandb.mode=disabled",
+        f"output_dir={run.parent}",
+        f"run_name={run.name}",
+        "device=cpu",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"training d_z={d_z} failed:\n{result.stderr[-4000:]}")
+    (run / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return run / "student"
+
+
+def point(dataset: Path, student_dir: Path, d_z: int) -> dict[str, Any]:
+    model = Student.from_pretrained(student_dir)
+    report, grid = evaluate_student(model, EvalConfig(dataset, grid_frames=6))
+    write_report(report, grid, student_dir.parent / "evaluation")
+    seconds = float((student_dir.parent / "train_seconds.txt").read_text())
+    return {"d_z": d_z, "train_seconds": seconds, **report.to_dict()}
+
+
+def main() -> int:
+    parser = base_parser("latent_quality", __doc__)
+    parser.add_argument("--work", type=Path, required=True, help="folder for the episodes, dataset and runs")
+    parser.add_argument("--dz", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / "dz_curve.png")
+    args = parser.parse_args()
+    dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        students = dict(
+            zip(args.dz, pool.map(lambda d: train(dataset, args.work, d, args.steps), args.dz), strict=True)
+        )
+    points = [point(dataset, students[d_z], d_z) for d_z in args.dz]
+    series = {
+        "z (PSNR)": [(p["d_z"], p["pixels"]["z"]["psnr_mean"]) for p in points],
+        "PCA(d_z) (PSNR)": [(p["d_z"], p["pixels"]["pca"]["psnr_mean"]) for p in points],
+        "mean image (PSNR)": [(p["d_z"], p["pixels"]["mean_image"]["psnr_mean"]) for p in points],
+    }
+    line_plot(series, args.plot, title="held-out PushT frames: PSNR through z vs PCA of the same width")
+    result = {
+        "setup": {
+            "simulator": "gym-pusht PushT, 96 px renders, 64 px canonical view",
+            "episodes": args.episodes,
+            "frames_per_episode": args.frames,
+            "teachers": list(TEACHERS),
+            "storage": "int8",
+            "recipe": f"model=tiny training=sim training.steps={args.steps}, one CPU thread per run",
+            "state_names": list(STATE_NAMES),
+        },
+        "points": points,
+    }
+    write_result(args.output, result)
+    print(
+        json.dumps(
+            [
+                {k: p[k] for k in ("d_z",)}
+                | {"z": p["pixels"]["z"]["psnr_mean"], "pca": p["pixels"]["pca"]["psnr_mean"]}
+                for p in points
+            ]
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
