@@ -71,6 +71,9 @@ def test_report_scores_z_beside_the_baselines_on_held_out_episodes(
     expected = psnr(model.predict(model.encode(frames)).pixels.detach(), frames.float() / 255)
     shown = psnr(grid.from_z, frames.float() / 255)
     torch.testing.assert_close(shown, expected)
+    # every row of the picture is what it says: the mean image is one image, PCA follows the frame
+    assert all(torch.equal(grid.mean[0], m) for m in grid.mean)
+    assert not torch.equal(grid.pca[0], grid.pca[1])
     pixels = report.pixels
     assert pixels["pca"]["psnr_mean"] > pixels["mean_image"]["psnr_mean"]  # 8 components beat a constant
     assert pixels["pca"]["psnr_p5"] <= pixels["pca"]["psnr_mean"]

@@ -104,7 +104,9 @@ def evaluate_student(model: Student, cfg: EvalConfig) -> tuple[Report, GridFrame
             _teacher_cosines(model, teacher, out.features[teacher], batch, cosines)
         for i in range(len(batch.keys)):
             if offset + i in shown:
-                grid.append(tuple(p[i] for p in (batch.images, *predictions.values())))
+                grid.append(
+                    (batch.images[i], predictions["z"][i], predictions["pca"][i], predictions["mean_image"][i])
+                )
         offset += len(batch.keys)
         z_rows.append(z.cpu())
         pca_rows.append(codes)
@@ -134,8 +136,8 @@ def evaluate_student(model: Student, cfg: EvalConfig) -> tuple[Report, GridFrame
         probe,
         video,
     )
-    stacked = [torch.stack(column) for column in zip(*grid, strict=True)]
-    return report, GridFrames(*stacked)
+    images, from_z, from_pca, mean_frames = (torch.stack(column) for column in zip(*grid, strict=True))
+    return report, GridFrames(images=images, from_z=from_z, pca=from_pca, mean=mean_frames)
 
 
 @dataclass
