@@ -105,7 +105,12 @@ def evaluate_student(model: Student, cfg: EvalConfig) -> tuple[Report, GridFrame
         for i in range(len(batch.keys)):
             if offset + i in shown:
                 grid.append(
-                    (batch.images[i], predictions["z"][i], predictions["pca"][i], predictions["mean_image"][i])
+                    (
+                        batch.images[i],
+                        predictions["z"][i],
+                        predictions["pca"][i],
+                        predictions["mean_image"][i],
+                    )
                 )
         offset += len(batch.keys)
         z_rows.append(z.cpu())
