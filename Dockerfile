@@ -13,7 +13,7 @@ RUN apt-get update \
 
 WORKDIR /opt/distill
 # Dependencies first, so editing the source does not reinstall torch.
-COPY pyproject.toml README.md Makefile ./
+COPY pyproject.toml README.md Makefile constraints.txt ./
 COPY src/distill/__init__.py src/distill/__init__.py
 RUN make setup
 COPY . .

@@ -5,16 +5,24 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 TEACHERS ?= tiny
+# The tested package versions (make lock). `make setup CONSTRAINTS=` resolves the open ranges of
+# pyproject.toml afresh instead, e.g. to refresh the lock: make clean setup CONSTRAINTS= test lock
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: setup test lint format typecheck pytest demo bench clean
+.PHONY: setup test lint format typecheck pytest demo bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,sim]'
+	$(BIN)/python -m pip install -q -e '.[dev,sim]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Write constraints.txt from this venv: every package of the project's dependency closure (dev and
+# sim extras included), at the version installed. Run it on a venv that passed `make test`.
+lock: setup
+	$(BIN)/python scripts/lock_constraints.py --extras dev sim --output constraints.txt
 
 lint: setup
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -10,12 +10,18 @@ batches from a list in memory; and steps/s with an emulated accelerator step (``
 sleep per batch, during which the CPU is free, as when the student runs on a GPU) with the real
 loader vs with the in-memory batches. That last ratio is the one the target is about.
 
+Memory: the peak RSS of a process that runs the training loader over one epoch of real-size
+features (five teachers, int8, full SAM grid) with a shuffle buffer larger than a stream, once
+unbounded and once with ``max_buffer_bytes`` (``dataset.max_buffer_gb``), each in a fresh process.
+
     python benchmarks/loader.py --output benchmarks/results/loader.json
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,8 +34,8 @@ import torch
 
 from common import FIVE, base_parser, machine, synthetic_dataset, write_result
 from distill.data.codec import encode_batch
-from distill.data.dataset import Batch
-from distill.data.loader import LoaderConfig, train_batches
+from distill.data.dataset import Batch, open_view
+from distill.data.loader import LoaderConfig, sample_bytes, stream_buffer, train_batches
 from distill.data.manifest import TeacherRecord, load_manifest, update_manifest
 from distill.data.shards import list_keys, write_shard
 from distill.distributed import DistContext
@@ -101,6 +107,66 @@ def run(cfg: LoaderConfig, count: int, step_ms: float) -> dict[str, Any]:
     return out
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _rss_child(cfg: LoaderConfig, batches: int, queue: Any) -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")  # the interpreter with torch imported
+    for batch in itertools.islice(train_batches(cfg), batches):
+        del batch
+    queue.put((before, _status_kib("VmHWM")))
+
+
+def peak_rss_mb(cfg: LoaderConfig, batches: int) -> dict[str, float]:
+    """Peak RSS of a fresh process serving ``batches`` batches (num_workers=0: one process holds it all).
+
+    Linux only: the peak is /proc/self/status VmHWM, reset before the loader starts.
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_rss_child, args=(cfg, batches, queue))
+    child.start()
+    before, peak = queue.get()
+    child.join()
+    return {
+        "rss_before_loader_mb": round(before / 1024, 1),
+        "peak_rss_mb": round(peak / 1024, 1),
+        "loader_peak_mb": round((peak - before) / 1024, 1),
+    }
+
+
+def memory(root: Path, images: int, size: int, streams: int, bound_gb: float) -> dict[str, Any]:
+    """Peak RSS over one epoch of real-size features, buffer larger than a stream: unbounded vs bounded."""
+    real = synthetic_dataset(root / "memory", images, size, 50)
+    add_real_size_features(real)
+    compute_stats(StatsConfig(real, FIVE, "train", root / "stats_memory"))
+    cfg = LoaderConfig(real, FIVE, root / "stats_memory", global_batch=2 * streams, num_streams=streams)
+    cfg = replace(cfg, shuffle_buffer=10 * images)
+    view = open_view(real, "train", FIVE, root / "stats_memory")
+    per_sample = sample_bytes(view)
+    batches = images // cfg.global_batch
+    bounded = replace(cfg, max_buffer_bytes=int(bound_gb * 1e9))
+    return {
+        "images": images,
+        "num_streams": streams,
+        "bytes_per_decoded_sample": per_sample,
+        "batches": batches,
+        "unbounded": {
+            "shuffle_buffer_per_stream": stream_buffer(cfg, view, streams),
+            **peak_rss_mb(cfg, batches),
+        },
+        f"max_buffer_gb_{bound_gb}": {
+            "shuffle_buffer_per_stream": stream_buffer(bounded, view, streams),
+            **peak_rss_mb(bounded, batches),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("loader", __doc__)
     parser.add_argument("--images", type=int, default=192)
@@ -109,7 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
     parser.add_argument("--step-ms", type=float, default=100.0, help="emulated accelerator step per batch")
     parser.add_argument("--skip-real-sizes", action="store_true")
+    parser.add_argument("--memory-images", type=int, default=600, help="real-size images of the memory run")
+    parser.add_argument(
+        "--memory-bound-gb", type=float, default=0.25, help="max_buffer_gb of the bounded run"
+    )
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--only-memory",
+        action="store_true",
+        help="run the memory measurement alone and update --output in place",
+    )
     args = parser.parse_args(argv)
+    if args.only_memory:
+        with tempfile.TemporaryDirectory() as scratch:
+            peak = memory(Path(scratch), args.memory_images, args.size, 2, args.memory_bound_gb)
+        previous = json.loads(args.output.read_text()) if args.output.is_file() else {"results": {}}
+        previous["results"]["peak_rss_real_sizes"] = peak
+        write_result(args.output, previous)
+        return 0
     device = torch.device("cpu")  # the loader is CPU work; batches are moved to the device by the trainer
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -134,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             compute_stats(StatsConfig(real, FIVE, "train", root / "stats_real"))
             cfg = replace(cfg, dataset=real, stats_dir=root / "stats_real")
             results["real_sizes_int8_synthetic_features"] = run(cfg, args.batches, args.step_ms)
+        if not args.skip_memory:
+            results["peak_rss_real_sizes"] = memory(
+                root, args.memory_images, args.size, 2, args.memory_bound_gb
+            )
     result = {
         "benchmark": "loader",
         "machine": machine(device),

@@ -4,7 +4,9 @@ Measured (tiny teachers, synthetic scenes): the exact bytes of the stored featur
 sample (safetensors blob + tar member overhead) for fp16, bf16 and int8, and the per-token cosine
 of the stored features against the teacher's fp32 output (min, 0.1% quantile and mean over all
 tokens). A stress row uses synthetic features with a few outlier channels (like the massive
-activations of large ViTs) to show what per-channel int8 scales buy over one scale per sample.
+activations of large ViTs) to show what per-channel int8 scales buy over one scale per sample;
+another plants high-norm artifact tokens (CLIP-L, DINOv2 without registers) to show what plain
+int8 loses and what keeping those tokens in float16 (``--outlier-tokens``) costs in bytes.
 SAM's optional area-downsampled grid is measured against the full grid (upsampled back, nearest).
 
 Extrapolated: bytes per image for the five teachers at their real output sizes (encoding zero
@@ -46,12 +48,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "all int8": {"storage": "int8"},
     "all int8, sam 32x32": {"storage": "int8", "sam_grid": (32, 32)},
     "all int8, sam 16x16": {"storage": "int8", "sam_grid": (16, 16)},
+    "all int8, 4 outlier tokens in clip/dinov2/mae": {
+        "storage": "int8",
+        "outliers": {"clip": 4, "dinov2": 4, "mae": 4},
+    },
 }
 
 
-def stored_bytes(name: str, keys: list[str], out: TeacherOutput, storage: str) -> tuple[float, list[bytes]]:
+def stored_bytes(
+    name: str, keys: list[str], out: TeacherOutput, storage: str, outlier_tokens: int = 0
+) -> tuple[float, list[bytes]]:
     """Bytes per sample of a real feature shard holding these samples, and the blobs."""
-    blobs = encode_batch(keys, name, out.patch, out.cls, storage)  # type: ignore[arg-type]
+    blobs = encode_batch(keys, name, out.patch, out.cls, storage, outlier_tokens)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "shard.tar"
         with write_shard(path) as sink:
@@ -102,6 +110,39 @@ def outlier_stress(samples: int = 16) -> dict[str, Any]:
     }
 
 
+def planted_artifact_tokens(samples: int = 8, tokens: int = 4) -> dict[str, Any]:
+    """16x16x1024 Gaussian features with ``tokens`` high-norm artifact tokens per sample (norm ratio R to
+    the typical token, over all channels or concentrated in 16): per-token cosine and bytes of plain int8
+    vs int8 keeping the ``tokens`` highest-norm tokens in float16 (``--outlier-tokens``)."""
+    rows: dict[str, Any] = {}
+    keys = [f"s{i}" for i in range(samples)]
+    for label, ratio, concentrated in [
+        ("R10", 10.0, None),
+        ("R30", 30.0, None),
+        ("R100", 100.0, None),
+        ("R30_16_channels", 30.0, 16),
+        ("R100_16_channels", 100.0, 16),
+    ]:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(samples, 16, 16, 1024, generator=gen)
+        flat = x.view(samples, 256, 1024)
+        for b in range(samples):
+            for i in torch.randperm(256, generator=gen)[:tokens].tolist():
+                if concentrated is None:
+                    flat[b, i] *= ratio
+                else:
+                    channels = torch.randperm(1024, generator=gen)[:concentrated]
+                    signs = torch.randn(concentrated, generator=gen).sign()
+                    flat[b, i, channels] += signs * ratio * (1024 / concentrated) ** 0.5
+        row = {}
+        for mode, k in (("int8", 0), (f"int8_{tokens}_outlier_tokens", tokens)):
+            per_sample, blobs = stored_bytes("planted", keys, TeacherOutput(x, None), "int8", k)
+            patch = torch.stack([decode_sample(b, "planted").patch for b in blobs])
+            row[mode] = {"bytes_per_sample": round(per_sample, 1), "patch_cosine": cosine_summary(patch, x)}
+        rows[label] = row
+    return rows
+
+
 def sam_grid_fidelity(out: TeacherOutput, grid: tuple[int, int]) -> dict[str, float]:
     small = area_downsample(out.patch, grid)
     back = F.interpolate(small.permute(0, 3, 1, 2), size=out.patch.shape[1:3], mode="nearest").permute(
@@ -122,7 +163,8 @@ def real_size_bytes() -> dict[str, Any]:
                 torch.zeros(1, *grid, channels),
                 None if cls_channels is None else torch.zeros(1, cls_channels),
             )
-            per_teacher[name], _ = stored_bytes(name, ["k"], out, config["storage"])
+            outliers = config.get("outliers", {}).get(name, 0)
+            per_teacher[name], _ = stored_bytes(name, ["k"], out, config["storage"], outliers)
         total = sum(per_teacher.values())
         result[label] = {
             "bytes_per_teacher": {k: int(v) for k, v in per_teacher.items()},
@@ -159,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": args.samples,
         "measured_tiny_teachers": measured,
         "int8_outlier_stress": outlier_stress(),
+        "int8_planted_artifact_tokens": planted_artifact_tokens(),
         "sam_area_downsampled_grid_cosine_vs_full_grid": sam_rows,
         "real_size_extrapolation": real_size_bytes(),
         "theia_bytes_per_image": THEIA_BYTES_PER_IMAGE,

@@ -1,24 +1,83 @@
 """Per-channel feature statistics: the normalisation the student is trained in.
 
-Stored as ``feature_stats/<teacher>.safetensors`` with tensors ``patch_mean``, ``patch_std``
-(and ``cls_mean``, ``cls_std`` when the teacher has a CLS) plus the sample count in metadata.
-Accumulation is streaming and mergeable (Chan et al.'s parallel variance), so ranks can each
-accumulate their shards and merge exactly.
+Stored as ``<dataset>/feature_stats/<teacher>.safetensors`` with tensors ``patch_mean``,
+``patch_std`` (and ``cls_mean``, ``cls_std`` when the teacher has a CLS); the metadata holds the
+teacher, the sample count and a :class:`StatsProvenance`: which teacher weights produced the
+features, how they were stored (dtype, grid) and which dataset they came from. Whoever applies
+stats compares that record with what it is about to normalise and refuses a mismatch, naming
+every field that differs. Accumulation is streaming and mergeable (Chan et al.'s parallel
+variance), so ranks can each accumulate their shards and merge exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from distill.distributed import DistContext, all_gather
 from distill.features import TeacherOutput, TeacherSpec
-from distill.io import atomic_path
+from distill.tensorfile import UnreadableFileError
+from distill.tensorfile import load as load_tensors
+from distill.tensorfile import save as save_tensors
 
 STD_FLOOR = 1e-6  # a constant channel is normalised by this instead of dividing by zero
+
+
+LIVE_STORAGE = "float32 (live)"  # the storage of an online teacher's features: never quantised or pooled
+STATS_FIX = (
+    "recompute them for this data (distill-stats DATASET writes DATASET/feature_stats/), or point "
+    "dataset.stats_dir / --stats-dir at stats computed for it"
+)
+
+
+@dataclass(frozen=True)
+class StatsProvenance:
+    """Where a stats file's numbers came from; compared field by field before the stats are applied."""
+
+    teacher: str  # registry name
+    source: str  # tiny | hub (| synthetic in benchmarks)
+    weights: str | None  # hub id, local dir or checkpoint file; None for tiny teachers
+    storage: str  # how the features were stored when measured: fp16, bf16, int8[...], or LIVE_STORAGE
+    grid: tuple[int, int]  # the patch grid measured (the stored grid, smaller when area-downsampled)
+    dataset: str  # the dataset's name (manifest name)
+    dataset_fingerprint: str  # its identity: name, source, canonical size and every shard with its count
+    split: str  # the split measured
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "grid": list(self.grid)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StatsProvenance:
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"provenance fields {sorted(data)}, expected {sorted(names)}")
+        return cls(**{**data, "grid": (int(data["grid"][0]), int(data["grid"][1]))})
+
+    def differences(self, expected: StatsProvenance, ignore: tuple[str, ...] = ()) -> list[str]:
+        """``"storage: stats int8, here fp16"`` for every field (not in ``ignore``) that differs."""
+        out = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(expected, f.name)
+            if f.name not in ignore and mine != theirs:
+                out.append(f"{f.name}: stats {_show(mine)}, here {_show(theirs)}")
+        return out
+
+    def describe(self) -> str:
+        weights = f" {self.weights}" if self.weights else ""
+        grid = "x".join(map(str, self.grid))
+        split = f"/{self.split}" if self.split else ""
+        return (
+            f"{self.teacher} ({self.source}{weights}) stored as {self.storage} at {grid} over "
+            f"{self.dataset}{split} [dataset fingerprint {self.dataset_fingerprint}]"
+        )
+
+
+def _show(value: object) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
 @dataclass
@@ -31,6 +90,26 @@ class FeatureStats:
     cls_mean: torch.Tensor | None  # [C_cls]
     cls_std: torch.Tensor | None
     count: int  # samples the statistics were computed over
+    provenance: StatsProvenance | None = None  # None only in files written before it was recorded
+
+    def check_provenance(
+        self,
+        expected: StatsProvenance,
+        source: str = "stats",
+        ignore: tuple[str, ...] = (),
+        fix: str = STATS_FIX,
+    ) -> None:
+        """Refuse stats measured on other features than ``expected`` describes (fields in ``ignore`` aside)."""
+        if self.provenance is None:
+            raise ValueError(
+                f"{source}: these stats record no provenance (written by an older distill), so nothing says "
+                f"they belong to {expected.describe()}; {fix}"
+            )
+        differ = self.provenance.differences(expected, ignore)
+        if differ:
+            raise ValueError(
+                f"{source}: stats were measured on other features than these ({'; '.join(differ)}); {fix}"
+            )
 
     def check_matches(self, spec: TeacherSpec, source: str = "stats") -> None:
         """Fail with the file and the fix when these stats were computed for another teacher shape."""
@@ -69,12 +148,24 @@ class FeatureStats:
             named |= {"cls_mean": self.cls_mean, "cls_std": self.cls_std}
         return {k: v.float().contiguous() for k, v in named.items()}
 
+    def metadata(self) -> dict[str, str]:
+        meta = {"teacher": self.teacher, "count": str(self.count)}
+        if self.provenance is not None:
+            meta["provenance"] = self.provenance.to_json()
+        return meta
+
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"teacher": self.teacher, "count": str(self.count)})
+        """Write atomically; the bytes depend only on the numbers and the metadata."""
+        save_tensors(path, self.tensors(), self.metadata())
 
     @classmethod
-    def from_tensors(cls, teacher: str, tensors: dict[str, torch.Tensor], count: int) -> FeatureStats:
+    def from_tensors(
+        cls,
+        teacher: str,
+        tensors: dict[str, torch.Tensor],
+        count: int,
+        provenance: StatsProvenance | None = None,
+    ) -> FeatureStats:
         return cls(
             teacher=teacher,
             patch_mean=tensors["patch_mean"],
@@ -82,22 +173,28 @@ class FeatureStats:
             cls_mean=tensors.get("cls_mean"),
             cls_std=tensors.get("cls_std"),
             count=count,
+            provenance=provenance,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no feature stats at {path}; compute them with scripts/preprocessing/calc_feature_stats.py"
+        fix = "compute them again with distill-stats (scripts/preprocessing/calc_feature_stats.py)"
+        tensors, metadata = load_tensors(path, "feature stats file", fix)
+        if "teacher" not in metadata or "count" not in metadata or "patch_mean" not in tensors:
+            raise UnreadableFileError(
+                f"{path} is not a distill stats file (metadata lacks 'teacher'/'count'); {fix}"
             )
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if "teacher" not in metadata or "count" not in metadata:
-            raise ValueError(f"{path} is not a distill stats file (metadata lacks 'teacher'/'count')")
-        return cls.from_tensors(metadata["teacher"], load_file(str(path)), int(metadata["count"]))
+        provenance = None
+        if "provenance" in metadata:
+            try:
+                provenance = StatsProvenance.from_json(metadata["provenance"])
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise UnreadableFileError(f"{path}: unreadable provenance record ({exc}); {fix}") from exc
+        return cls.from_tensors(metadata["teacher"], tensors, int(metadata["count"]), provenance)
+
+    def with_provenance(self, provenance: StatsProvenance | None) -> FeatureStats:
+        return replace(self, provenance=provenance)
 
 
 @dataclass
@@ -154,7 +251,7 @@ class StatsAccumulator:
         self.patch.merge(other.patch)
         self.cls.merge(other.cls)
 
-    def finish(self) -> FeatureStats:
+    def finish(self, provenance: StatsProvenance | None = None) -> FeatureStats:
         if self.patch.count == 0:
             raise ValueError(f"no features were accumulated for teacher {self.teacher!r}")
         assert self.patch.mean is not None
@@ -166,6 +263,7 @@ class StatsAccumulator:
             cls_mean=self.cls.mean.float() if has_cls and self.cls.mean is not None else None,
             cls_std=self.cls.std().float() if has_cls else None,
             count=self.samples,
+            provenance=provenance,
         )
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import weakref
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from data_helpers import FIVE, Built
 
 from distill.data.codec import decode_sample
-from distill.data.dataset import Batch, concat_batches
-from distill.data.loader import LoaderConfig, eval_batches, train_batches
+from distill.data.dataset import Batch, DatasetView, DecodedSample, concat_batches, open_view
+from distill.data.loader import LoaderConfig, eval_batches, sample_bytes, stream_buffer, train_batches
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard, list_keys
 from distill.stats import FeatureStats
@@ -143,7 +146,8 @@ def test_bad_geometry_is_refused_with_the_fix(built: Built, tmp_path: Path) -> N
         next(train_batches(_cfg(built, num_workers=3)))
     with pytest.raises(ValueError, match="fewer than num_streams=6"):
         next(train_batches(_cfg(built, num_streams=6, global_batch=6)))
-    with pytest.raises(ValueError, match="needs stats_dir"):
+    # no stats_dir: the dataset's own feature_stats/ folder, which this dataset does not have
+    with pytest.raises(FileNotFoundError, match=r"ds/feature_stats/\w+\.safetensors"):
         next(train_batches(_cfg(built, stats_dir=None)))
     assert next(train_batches(_cfg(built, teachers=(), stats_dir=None))).targets == {}
 
@@ -157,3 +161,49 @@ def test_finishing_on_a_device_serves_the_same_batches(built: Built) -> None:
             torch.testing.assert_close(a.targets[name].patch, b.targets[name].patch, rtol=0, atol=0)
     evaluated = list(eval_batches(_cfg(built, device="cpu")))
     assert sum(len(b) for b in evaluated) == 8 and evaluated[0].targets["clip"].patch.dtype == torch.float32
+
+
+def _peak_held(cfg: LoaderConfig, batches: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The most decoded samples alive at once while the loader serves ``batches`` batches (in process)."""
+    alive = [0, 0]  # now, peak
+    original = DatasetView.decode
+
+    def counted(self: DatasetView, sample: Any) -> DecodedSample:
+        decoded = original(self, sample)
+        alive[0] += 1
+        alive[1] = max(alive)
+        weakref.finalize(decoded, lambda: alive.__setitem__(0, alive[0] - 1))
+        return decoded
+
+    monkeypatch.setattr(DatasetView, "decode", counted)
+    for batch in itertools.islice(train_batches(cfg), batches):
+        del batch
+    monkeypatch.setattr(DatasetView, "decode", original)
+    return alive[1]
+
+
+def test_max_buffer_bytes_bounds_the_decoded_samples_held(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unbounded, a 1000-sample buffer holds each stream's whole epoch; bounded to 3 samples per stream
+    (bytes per sample from the manifest), at most 2 x 3 wait in the buffers besides the batch being built."""
+    view = open_view(built.dataset, "train", FIVE, built.stats_dir)
+    per_sample = sample_bytes(view)
+    image = 3 * 64 * 64
+    features = 4 * 4 * 32 + 4 * 32 + 2 * 32  # clip int8 grid, scales, fp16 CLS (tiny teachers: 32 wide)
+    assert per_sample > image + features
+    wide = _cfg(built, shuffle_buffer=1000)
+    tight = replace(wide, max_buffer_bytes=2 * 3 * per_sample + 1)
+    assert stream_buffer(wide, view, 2) == 1000 and stream_buffer(tight, view, 2) == 3
+    assert stream_buffer(replace(wide, max_buffer_bytes=1), view, 2) == 1  # never below one
+    unbounded = _peak_held(wide, 7, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="distill.data.loader"):
+        bounded = _peak_held(tight, 7, monkeypatch)
+    assert unbounded >= 20, unbounded  # 16 + 12 samples in the two streams
+    assert bounded <= 2 * 3 + wide.global_batch, bounded
+    assert "shuffle buffer 3 samples per stream (not 1000)" in caplog.text
+    # streams of 16 and 12 samples: a sample of the small one is seen 16/12 times as often
+    assert "hold 12 to 16 samples, so a sample of the smallest stream is seen 1.33x as often" in caplog.text
+    # a bound that does not bind changes nothing
+    big = replace(wide, max_buffer_bytes=10**12)
+    assert [b.keys for b in _take(big, 8)] == [b.keys for b in _take(wide, 8)]

@@ -1,4 +1,4 @@
-"""preset=finetune starts from a trained student folder and trains on another dataset."""
+"""preset=finetune starts from a trained student folder and trains on another dataset, in its normalisation space."""
 
 from __future__ import annotations
 
@@ -64,10 +64,12 @@ def test_finetune_starts_from_the_checkpoint_on_a_domain_dataset(
     fresh = Student(Student.from_pretrained(init).config, load_pretrained=False).state_dict()
     assert max(float((fresh[k] - start[k]).abs().max()) for k in start) > 100 * budget
 
-    # the finetuned student carries the domain dataset's stats, not the pretraining ones
+    # the finetuned student keeps the init student's normalisation space (its stats), not the domain
+    # dataset's: its heads were trained to predict in that space (test_train_guards checks step 0)
     tuned_stats = Student.from_pretrained(run / "student").stats
     base_stats = Student.from_pretrained(init).stats
     assert tuned_stats is not None and base_stats is not None
     domain = FeatureStats.load(tiny_data.stats["domain"] / "dinov2.safetensors")
-    assert tuned_stats["dinov2"].patch_mean.equal(domain.patch_mean)
-    assert not tuned_stats["dinov2"].patch_mean.equal(base_stats["dinov2"].patch_mean)
+    for name in ("clip", "dinov2", "mae"):
+        assert tuned_stats[name].patch_mean.equal(base_stats[name].patch_mean), name
+    assert not tuned_stats["dinov2"].patch_mean.equal(domain.patch_mean)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill.train.ema import Ema
+from distill.train.ema import Ema, decay_at
 from distill.train.optim import WarmupCosine, build_optimizer, split_decay
 
 
@@ -71,8 +71,38 @@ def test_ema_update_is_a_lerp() -> None:
     ema = Ema(model, decay=0.75)
     with torch.no_grad():
         model.weight.fill_(4.0)
-    ema.update(model)
+    ema.update(model, step=10_000)  # far from the start the bias correction is gone: a plain lerp
     assert torch.allclose(ema.module.weight, torch.full((2, 2), 1.0))
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="ema_decay"):
         Ema(model, decay=1.0)
+
+
+def test_ema_is_bias_corrected_against_a_hand_computation() -> None:
+    """decay 0.5, weights 2, 4, 8 after steps 1..3 (initial weights 100, which must leave no trace):
+    shadow_t = sum_i (1 - d) d^(t-i) w_i / (1 - d^t) = 2, (0.25*2 + 0.5*4) / 0.75 = 10/3,
+    (0.125*2 + 0.25*4 + 0.5*8) / 0.875 = 6."""
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(100.0)
+    ema = Ema(model, decay=0.5)
+    for step, (weight, expected) in enumerate([(2.0, 2.0), (4.0, 10.0 / 3.0), (8.0, 6.0)], start=1):
+        with torch.no_grad():
+            model.weight.fill_(weight)
+        ema.update(model, step)
+        assert float(ema.module.weight) == pytest.approx(expected, rel=1e-6), step
+    assert decay_at(0.5, 1) == 0.0 and decay_at(0.5, 2) == pytest.approx(1 / 3)
+
+
+def test_ema_of_a_long_finetune_keeps_none_of_the_initial_weights() -> None:
+    """The issue's case: decay 0.9998 over 10k steps. A plain EMA keeps 0.9998^10000 = 13.5% of the
+    initial weights; the corrected one keeps none, and its share of each step's weights is the
+    normalised d^(t-i) (1 - d) / (1 - d^t)."""
+    decay, steps = 0.9998, 10_000
+    assert decay**steps == pytest.approx(0.1353, abs=1e-4)
+    share_of_initial = 1.0
+    for step in range(1, steps + 1):
+        share_of_initial *= decay_at(decay, step)
+    assert share_of_initial == 0.0
+    # the weights of the last step: (1 - d) / (1 - d^t) of the shadow
+    assert 1 - decay_at(decay, steps) == pytest.approx((1 - decay) / (1 - decay**steps), rel=1e-9)

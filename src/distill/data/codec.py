@@ -6,10 +6,16 @@ Tensors per blob (see docs/dataset_format.md):
 * ``patch_scale``: ``[C]`` float32, int8 storage only: per-sample, per-channel absmax / 127,
   so ``patch_float = patch_int8 * patch_scale``;
 * ``cls``: ``[C_cls]`` when the teacher has a summary vector (``float16`` under int8 storage,
-  it is a few bytes next to the grid, else the storage dtype).
+  it is a few bytes next to the grid, else the storage dtype);
+* ``outlier_index`` ``[K]`` int32 and ``outlier_patch`` ``[K, C]`` float16, int8 storage with
+  ``K > 0`` outlier tokens only: the K tokens of highest norm (raster index, ascending) kept in
+  float16, their int8 rows zero. The per-channel scales are taken over the other tokens, so one
+  high-norm artifact token (CLIP-L, DINOv2 without registers) cannot coarsen every channel it
+  touches for the whole sample.
 
-Metadata (``__metadata__``): ``format``, ``version``, ``key``, ``teacher``, ``storage``. Readers
-check the key inside the blob against the tar member name, a second guard against misalignment.
+Metadata (``__metadata__``): ``format``, ``version``, ``key``, ``teacher``, ``storage`` (and
+``outlier_tokens`` when K > 0). Readers check the key inside the blob against the tar member
+name, a second guard against misalignment. Blobs are byte-reproducible (``distill.tensorfile``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+from distill.tensorfile import dumps as st_save
 
 StorageDtype = Literal["fp16", "bf16", "int8"]
 STORAGE_DTYPES: tuple[StorageDtype, ...] = ("fp16", "bf16", "int8")
@@ -62,9 +69,30 @@ def area_downsample(patch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1).contiguous()
 
 
-def quantize_int8(patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, h, w, C]`` float -> int8 values and per-sample per-channel scales ``[B, C]`` (float32)."""
+def outlier_tokens_of(patch: torch.Tensor, count: int) -> torch.Tensor:
+    """``[B, h, w, C]`` -> ``[B, count]`` raster indices of each sample's highest-norm tokens, ascending."""
+    flat = patch.float().reshape(patch.shape[0], -1, patch.shape[-1])
+    if not 0 <= count < flat.shape[1]:
+        raise ValueError(
+            f"outlier_tokens={count} must be in [0, {flat.shape[1]}) for a {tuple(patch.shape[1:3])} grid"
+        )
+    top = flat.norm(dim=-1).topk(count, dim=1).indices
+    return top.sort(dim=1).values
+
+
+def quantize_int8(
+    patch: torch.Tensor, outliers: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, h, w, C]`` float -> int8 values and per-sample per-channel scales ``[B, C]`` (float32).
+
+    ``outliers`` (``[B, K]`` raster indices) are left out of the scales and stored as 0 (they are
+    kept in float16 beside the grid).
+    """
     x = patch.float()
+    if outliers is not None and outliers.shape[1]:
+        keep = torch.ones(x.shape[0], x.shape[1] * x.shape[2], dtype=torch.bool, device=x.device)
+        keep.scatter_(1, outliers, False)
+        x = x * keep.view(x.shape[0], x.shape[1], x.shape[2], 1)
     scale = x.abs().amax(dim=(1, 2)) / INT8_LEVELS  # [B, C]
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(x / safe[:, None, None, :]).clamp_(-INT8_LEVELS, INT8_LEVELS).to(torch.int8)
@@ -81,13 +109,21 @@ def _cast_float(x: torch.Tensor, storage: StorageDtype, what: str) -> torch.Tens
 
 
 def encode_batch(
-    keys: list[str], teacher: str, patch: torch.Tensor, cls: torch.Tensor | None, storage: StorageDtype
+    keys: list[str],
+    teacher: str,
+    patch: torch.Tensor,
+    cls: torch.Tensor | None,
+    storage: StorageDtype,
+    outlier_tokens: int = 0,
 ) -> list[bytes]:
     """A batch of float features -> one safetensors blob per sample, in ``keys`` order.
 
     Checks and quantisation run on the features' own device; only the stored values move to CPU.
+    ``outlier_tokens`` (int8 only): how many highest-norm tokens per sample to keep in float16.
     """
     check_storage(storage)
+    if outlier_tokens and storage != "int8":
+        raise ValueError(f"teacher {teacher!r}: outlier tokens apply to int8 storage, not {storage}")
     if patch.shape[0] != len(keys) or (cls is not None and cls.shape[0] != len(keys)):
         raise ValueError(
             f"teacher {teacher!r}: {len(keys)} keys for a batch of {patch.shape[0]} feature rows"
@@ -98,8 +134,15 @@ def encode_batch(
             bad = int((~torch.isfinite(tensor.reshape(len(keys), -1))).any(1).nonzero()[0])
             raise ValueError(f"teacher {teacher!r} produced non-finite {name} features for key {keys[bad]!r}")
     what = f"teacher {teacher!r}"
+    index = outlier_values = None
     if storage == "int8":
-        values, scales = quantize_int8(patch)
+        if outlier_tokens:
+            index = outlier_tokens_of(patch, outlier_tokens)
+            flat = patch.reshape(patch.shape[0], -1, patch.shape[-1])
+            rows = flat.gather(1, index[:, :, None].expand(-1, -1, flat.shape[-1]))
+            outlier_values = _cast_float(rows, "fp16", f"{what} outlier tokens").cpu()
+            index = index.to(torch.int32).cpu()
+        values, scales = quantize_int8(patch, None if index is None else index.to(patch.device, torch.int64))
     else:
         values, scales = _cast_float(patch, storage, what), None
     cls_stored = None if cls is None else _cast_float(cls, storage, what).cpu()
@@ -118,6 +161,10 @@ def encode_batch(
             "teacher": teacher,
             "storage": storage,
         }
+        if index is not None and outlier_values is not None:
+            tensors["outlier_index"] = index[i].contiguous()
+            tensors["outlier_patch"] = outlier_values[i].contiguous()
+            metadata["outlier_tokens"] = str(outlier_tokens)
         blobs.append(st_save(tensors, metadata=metadata))
     return blobs
 
@@ -147,9 +194,17 @@ class StoredFeatures:
     patch: torch.Tensor  # [h, w, C] in the storage dtype
     scale: torch.Tensor | None  # [C] float32 (int8 only)
     cls: torch.Tensor | None  # [C_cls] float16/bfloat16
+    outlier_index: torch.Tensor | None = None  # [K] int64 raster indices (int8 with outlier tokens)
+    outlier_patch: torch.Tensor | None = None  # [K, C] float16
+
+    @property
+    def outlier_tokens(self) -> int:
+        return 0 if self.outlier_index is None else int(self.outlier_index.shape[0])
 
     def dequantize(self) -> SampleFeatures:
         patch = self.patch.float() if self.scale is None else self.patch.float() * self.scale
+        if self.outlier_index is not None and self.outlier_patch is not None:
+            patch.view(-1, patch.shape[-1])[self.outlier_index] = self.outlier_patch.float()
         return SampleFeatures(
             self.key, self.teacher, self.storage, patch, None if self.cls is None else self.cls.float()
         )
@@ -183,8 +238,35 @@ def parse_sample(blob: bytes, where: str) -> StoredFeatures:
             raise ValueError(
                 f"{where}: patch_scale {scale.dtype} {tuple(scale.shape)} does not fit {stored.shape[-1]} channels"
             )
+    index = outliers = None
+    if "outlier_index" in tensors or "outlier_patch" in tensors:
+        index, outliers = tensors.get("outlier_index"), tensors.get("outlier_patch")
+        h, w, channels = stored.shape
+        if (
+            storage != "int8"
+            or index is None
+            or outliers is None
+            or index.dtype != torch.int32
+            or index.ndim != 1
+            or outliers.dtype != torch.float16
+            or tuple(outliers.shape) != (index.shape[0], channels)
+            or (index.numel() and not (int(index.min()) >= 0 and int(index.max()) < h * w))
+        ):
+            raise ValueError(
+                f"{where}: outlier tokens do not fit (index {None if index is None else (index.dtype, tuple(index.shape))}, "
+                f"values {None if outliers is None else (outliers.dtype, tuple(outliers.shape))}, grid {h}x{w}x{channels}); "
+                "re-extract this shard"
+            )
+        index = index.long()
     return StoredFeatures(
-        metadata.get("key", ""), metadata.get("teacher", ""), storage, stored, scale, tensors.get("cls")
+        metadata.get("key", ""),
+        metadata.get("teacher", ""),
+        storage,
+        stored,
+        scale,
+        tensors.get("cls"),
+        index,
+        outliers,
     )
 
 

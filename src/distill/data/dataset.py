@@ -1,14 +1,15 @@
 """An opened dataset split with the teachers a consumer asked for: checked, and able to decode.
 
 Opening checks, before any sample is read: the manifest, that each teacher's features are
-complete for the split, and that each teacher's stats file matches the stored features (channel
-counts, teacher name). Decoding a joined sample checks the blob's own key and shapes.
+complete for the split, and that each teacher's stats file matches the stored features (teacher
+name, channel counts, and its provenance: teacher weights, storage dtype, stored grid and the
+dataset it was measured on). Decoding a joined sample checks the blob's own key and shapes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ import torch
 from distill.data.codec import StoredFeatures, parse_sample
 from distill.data.join import JoinedSample
 from distill.data.jpeg import decode_view
-from distill.data.manifest import Manifest, ShardInfo, TeacherRecord, load_manifest
-from distill.features import TeacherOutput, TeacherSpec
-from distill.stats import FeatureStats
+from distill.data.manifest import Manifest, ShardInfo, TeacherRecord, default_stats_dir, load_manifest
+from distill.features import TeacherOutput
+from distill.stats import FeatureStats, StatsProvenance
 
 
 @dataclass
@@ -74,20 +75,32 @@ class PackedTargets:
     patch: torch.Tensor  # [B, h, w, C] storage dtype
     scale: torch.Tensor | None  # [B, C] float32, int8 storage only
     cls: torch.Tensor | None  # [B, C_cls] float16 / bfloat16
+    outlier_index: torch.Tensor | None = None  # [B, K] int64 raster indices (int8 with outlier tokens)
+    outlier_patch: torch.Tensor | None = None  # [B, K, C] float16
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedTargets:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
         return PackedTargets(
-            self.patch.to(device, non_blocking=non_blocking), move(self.scale), move(self.cls)
+            self.patch.to(device, non_blocking=non_blocking),
+            move(self.scale),
+            move(self.cls),
+            move(self.outlier_index),
+            move(self.outlier_patch),
         )
 
     def pin_memory(self) -> PackedTargets:
         def pin(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.pin_memory()
 
-        return PackedTargets(self.patch.pin_memory(), pin(self.scale), pin(self.cls))
+        return PackedTargets(
+            self.patch.pin_memory(),
+            pin(self.scale),
+            pin(self.cls),
+            pin(self.outlier_index),
+            pin(self.outlier_patch),
+        )
 
     def finish(self, stats: FeatureStats | None) -> TeacherOutput:
         """float32 ``(q * scale - mean) / std`` computed as ``q * (scale / std) + (-mean / std)``."""
@@ -99,6 +112,12 @@ class PackedTargets:
             patch = torch.addcmul(bias, x, inv if factor is None else factor * inv)
         else:
             patch = x if factor is None else x.mul_(factor)
+        if self.outlier_index is not None and self.outlier_patch is not None:
+            rows = self.outlier_patch.float()
+            if stats is not None:
+                rows = (rows - stats.patch_mean.to(rows)) / stats.patch_std.to(rows)
+            flat = patch.view(patch.shape[0], -1, patch.shape[-1])
+            flat.scatter_(1, self.outlier_index[:, :, None].expand(-1, -1, flat.shape[-1]), rows)
         cls = None
         if self.cls is not None:
             cls = self.cls.float()
@@ -141,9 +160,10 @@ def check_stored(stored: StoredFeatures, key: str, teacher: str, record: Teacher
         raise ValueError(
             f"{where}: blob says key {stored.key!r} of teacher {stored.teacher!r}; re-extract {teacher!r}"
         )
-    if stored.storage != record.storage:
+    if stored.storage != record.storage or stored.outlier_tokens != record.outlier_tokens:
+        got = stored.storage + (f"+{stored.outlier_tokens} outlier tokens" if stored.outlier_tokens else "")
         raise ValueError(
-            f"{where}: stored as {stored.storage}, the manifest says {record.storage}; re-extract {teacher!r}"
+            f"{where}: stored as {got}, the manifest says {record.storage_label}; re-extract {teacher!r}"
         )
     spec = record.target_spec
     if tuple(stored.patch.shape) != (*spec.grid, spec.channels):
@@ -159,16 +179,51 @@ def stats_path(stats_dir: Path, teacher: str) -> Path:
     return Path(stats_dir) / f"{teacher}.safetensors"
 
 
-def load_checked_stats(stats_dir: Path, teacher: str, spec: TeacherSpec) -> FeatureStats:
-    """``<stats_dir>/<teacher>.safetensors``, refused (naming the file) when it does not fit ``spec``."""
-    path = stats_path(stats_dir, teacher)
-    stats = FeatureStats.load(path)
+def stored_provenance(manifest: Manifest, teacher: str, record: TeacherRecord, split: str) -> StatsProvenance:
+    """What stats of ``teacher``'s stored features in this dataset record (and must record to be used)."""
+    return StatsProvenance(
+        teacher=teacher,
+        source=record.source,
+        weights=record.weights,
+        storage=record.storage_label,
+        grid=record.stored_grid,
+        dataset=manifest.name,
+        dataset_fingerprint=manifest.fingerprint(),
+        split=split,
+    )
+
+
+def stats_fix(dataset: Path | str) -> str:
+    return (
+        f"recompute them: distill-stats {dataset} (writes {default_stats_dir(dataset)}/), or point "
+        "dataset.stats_dir / --stats-dir at stats computed on this dataset's features"
+    )
+
+
+def check_teacher_stats(
+    stats: FeatureStats, teacher: str, record: TeacherRecord, manifest: Manifest, dataset: Path, source: str
+) -> FeatureStats:
+    """Stats refused (naming ``source``) unless they were measured on exactly these stored features.
+
+    The split they were measured on may differ (validation is normalised with the train stats).
+    """
     if stats.teacher != teacher:
         raise ValueError(
-            f"{path}: stats were computed for teacher {stats.teacher!r}, not {teacher!r}; recompute them"
+            f"{source}: stats were computed for teacher {stats.teacher!r}, not {teacher!r}; recompute them"
         )
-    stats.check_matches(spec, source=str(path))
+    stats.check_matches(record.target_spec, source=source)
+    expected = stored_provenance(manifest, teacher, record, split="")
+    stats.check_provenance(expected, source=source, ignore=("split",), fix=stats_fix(dataset))
     return stats
+
+
+def load_checked_stats(
+    stats_dir: Path, teacher: str, record: TeacherRecord, manifest: Manifest, dataset: Path
+) -> FeatureStats:
+    """``<stats_dir>/<teacher>.safetensors``, refused (naming the file and what differs) unless it
+    describes ``teacher``'s stored features in ``dataset``."""
+    path = stats_path(stats_dir, teacher)
+    return check_teacher_stats(FeatureStats.load(path), teacher, record, manifest, dataset, str(path))
 
 
 @dataclass
@@ -209,7 +264,11 @@ class DatasetView:
             rows = [s.features[name] for s in samples]
             scale = torch.stack([r.scale for r in rows]) if record.storage == "int8" else None  # type: ignore[misc]
             cls = torch.stack([r.cls for r in rows]) if record.spec.cls_channels is not None else None  # type: ignore[misc]
-            targets[name] = PackedTargets(torch.stack([r.patch for r in rows]), scale, cls)
+            index = outliers = None
+            if record.outlier_tokens:
+                index = torch.stack([r.outlier_index for r in rows])  # type: ignore[misc]
+                outliers = torch.stack([r.outlier_patch for r in rows])  # type: ignore[misc]
+            targets[name] = PackedTargets(torch.stack([r.patch for r in rows]), scale, cls, index, outliers)
         return PackedBatch([s.key for s in samples], torch.stack([s.image for s in samples]), targets)
 
     def collate(self, samples: Sequence[DecodedSample]) -> Batch:
@@ -223,22 +282,33 @@ def open_view(
     teachers: Sequence[str],
     stats_dir: Path | str | None,
     normalize: bool = True,
+    stats: Mapping[str, FeatureStats] | None = None,
 ) -> DatasetView:
-    """Check and open ``split`` of ``dataset`` for ``teachers``; stats are required when normalising."""
+    """Check and open ``split`` of ``dataset`` for ``teachers``; stats are required when normalising.
+
+    They are read from ``stats_dir`` (None: ``<dataset>/feature_stats``) and must describe this
+    dataset's stored features, unless ``stats`` gives them: then they are used as given (only
+    their shapes are checked), e.g. a finetune's targets normalised with the init student's stats.
+    """
     path = Path(dataset)
     manifest = load_manifest(path)
     manifest.split(split, path)
     if len(set(teachers)) != len(teachers):
         raise ValueError(f"teachers listed twice: {list(teachers)}")
     records = {name: manifest.teacher(name, split, path / "manifest.json") for name in teachers}
-    stats: dict[str, FeatureStats] = {}
+    chosen: dict[str, FeatureStats] = {}
     if normalize and teachers:
-        if stats_dir is None:
-            raise ValueError(
-                "normalising targets needs stats_dir (feature_stats/ from calc_feature_stats.py), or normalize=False"
-            )
-        stats = {
-            name: load_checked_stats(Path(stats_dir), name, record.target_spec)
-            for name, record in records.items()
-        }
-    return DatasetView(path, manifest, split, records, stats)
+        if stats is not None:
+            missing = sorted(set(teachers) - set(stats))
+            if missing:
+                raise ValueError(f"no stats given for teacher(s) {missing}")
+            for name, record in records.items():
+                stats[name].check_matches(record.target_spec, source=f"the stats given for {name!r}")
+            chosen = {name: stats[name] for name in teachers}
+        else:
+            folder = Path(stats_dir) if stats_dir is not None else default_stats_dir(path)
+            chosen = {
+                name: load_checked_stats(folder, name, record, manifest, path)
+                for name, record in records.items()
+            }
+    return DatasetView(path, manifest, split, records, chosen)

@@ -8,6 +8,15 @@ r, r+W, ... and yields its part; DataLoader workers each own some of the rank's 
 order. So batch k's samples do not depend on ranks or workers, and resuming at batch k reads
 only the shards still needed.
 
+Memory: a stream holds up to ``shuffle_buffer`` decoded samples it has read but not yet served,
+so a rank holds up to ``streams per rank x shuffle_buffer`` of them (32 x 1000 samples of ~2.2 MB,
+~70 GB, with five real-size int8 teachers). ``max_buffer_bytes`` bounds that per rank: the
+buffer of every stream becomes ``max_buffer_bytes / (streams per rank x bytes per sample)`` when
+that is smaller (bytes per sample computed from the manifest: decoded image plus stored
+features). A smaller buffer mixes less within a stream; the streams still interleave in every
+batch and each epoch permutes its shards. When the bound binds, the shuffle depends on the
+number of streams per rank (so on the world size).
+
 Evaluation: one pass over the split; rank r takes shards r, r+W, ...; worker w of a rank takes
 that rank's shards w, w+NW, ...; batches of ``eval_batch`` (the last one of each worker may
 be short). Every key appears exactly once across ranks.
@@ -16,7 +25,8 @@ be short). Every key appears exactly once across ranks.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +38,11 @@ from distill.data.dataset import Batch, DatasetView, DecodedSample, PackedBatch,
 from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.streams import StreamPlan, deal_streams, stream_items
+from distill.stats import FeatureStats
+
+log = logging.getLogger(__name__)
+SKEW_WARNING = 1.05  # warn when streams differ in size by more than 5%
+SAMPLE_OVERHEAD = 2048  # Python objects, tensor headers and metadata of one decoded sample
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,14 @@ class LoaderConfig:
 
     dataset: Path  # <root>/<dataset>, the folder holding manifest.json
     teachers: tuple[str, ...]  # teachers whose features become targets (may be empty)
-    stats_dir: Path | None = None  # feature_stats/ folder; required when normalize and teachers
+    stats_dir: Path | None = None  # None: <dataset>/feature_stats (read when normalize and teachers)
     normalize: bool = True
     split: str = "train"
     global_batch: int = 32  # samples per optimizer step across all ranks
     num_streams: int = 8  # must be a multiple of the world size and divide global_batch
     seed: int = 0
-    shuffle_buffer: int = 512  # samples held per stream for shuffling
+    shuffle_buffer: int = 512  # samples held per stream for shuffling (at most; see max_buffer_bytes)
+    max_buffer_bytes: int | None = None  # per rank, decoded samples held by all its shuffle buffers
     num_workers: int = 0  # DataLoader workers per rank (each owns some of the rank's streams)
     eval_split: str = "val"
     eval_batch: int = 32  # per rank
@@ -52,6 +68,8 @@ class LoaderConfig:
     # A device ("cuda", "cuda:1"): workers ship the stored dtype (int8 is a quarter of float32) and
     # the loader finishes the batch on that device; images are moved there too.
     device: str | None = None
+    # Stats to normalise with instead of reading stats_dir (e.g. a finetune keeps its init student's).
+    stats: Mapping[str, FeatureStats] | None = None
 
 
 @dataclass
@@ -76,9 +94,49 @@ def _worker_slot() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def sample_bytes(view: DatasetView) -> int:
+    """Resident bytes of one decoded sample: its uint8 image and each teacher's stored tensors."""
+    size = view.manifest.canonical_size
+    total = 3 * size * size + SAMPLE_OVERHEAD
+    for record in view.records.values():
+        spec, (h, w) = record.spec, record.stored_grid
+        itemsize = 1 if record.storage == "int8" else 2
+        total += h * w * spec.channels * itemsize
+        if record.storage == "int8":
+            total += 4 * spec.channels
+        if spec.cls_channels is not None:
+            total += 2 * spec.cls_channels
+        total += record.outlier_tokens * (2 * spec.channels + 8)
+    return total
+
+
+def stream_buffer(cfg: LoaderConfig, view: DatasetView, streams_per_rank: int) -> int:
+    """The shuffle buffer of each stream: ``shuffle_buffer``, lowered to fit ``max_buffer_bytes``."""
+    if cfg.max_buffer_bytes is None:
+        return cfg.shuffle_buffer
+    fits = cfg.max_buffer_bytes // (streams_per_rank * sample_bytes(view))
+    return max(1, min(cfg.shuffle_buffer, int(fits)))
+
+
+def stream_skew(plans: list[StreamPlan]) -> float:
+    """How much more often a sample of the smallest stream is seen than one of the largest.
+
+    Every stream serves the same number of samples per batch, so a sample is seen in proportion
+    to 1 / its stream's size.
+    """
+    sizes = [plan.size for plan in plans]
+    return max(sizes) / min(sizes)
+
+
 class _TrainStreams(IterableDataset[_Chunk]):
     def __init__(
-        self, view: DatasetView, plans: list[StreamPlan], per_stream: int, cfg: LoaderConfig, start_batch: int
+        self,
+        view: DatasetView,
+        plans: list[StreamPlan],
+        per_stream: int,
+        cfg: LoaderConfig,
+        start_batch: int,
+        buffer: int,
     ) -> None:
         self.view, self.plans, self.per_stream, self.cfg, self.start_batch = (
             view,
@@ -87,6 +145,7 @@ class _TrainStreams(IterableDataset[_Chunk]):
             cfg,
             start_batch,
         )
+        self.buffer = buffer
 
     def __iter__(self) -> Iterator[_Chunk]:
         worker, workers = _worker_slot()
@@ -96,7 +155,7 @@ class _TrainStreams(IterableDataset[_Chunk]):
             stream_items(
                 plan,
                 self.cfg.seed,
-                self.cfg.shuffle_buffer,
+                self.buffer,
                 self.start_batch * m,
                 lambda s, w: _read_shard(view, s, w),
             )
@@ -181,11 +240,38 @@ def train_batches(
     """
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-    view = open_view(cfg.dataset, cfg.split, cfg.teachers, cfg.stats_dir, cfg.normalize)
-    mine = rank_streams(cfg, deal_streams(view.shards, cfg.num_streams), rank, world_size)
+    view = open_view(cfg.dataset, cfg.split, cfg.teachers, cfg.stats_dir, cfg.normalize, cfg.stats)
+    plans = deal_streams(view.shards, cfg.num_streams)
+    mine = rank_streams(cfg, plans, rank, world_size)
     per_stream = cfg.global_batch // cfg.num_streams
     workers = cfg.num_workers
-    loader = _data_loader(_TrainStreams(view, mine, per_stream, cfg, start_batch), cfg, workers)
+    buffer = stream_buffer(cfg, view, len(mine))
+    if rank == 0:
+        skew = stream_skew(plans)
+        if skew > SKEW_WARNING:
+            sizes = sorted(plan.size for plan in plans)
+            log.warning(
+                "%s: the %d streams hold %d to %d samples, so a sample of the smallest stream is seen %.2fx as "
+                "often as one of the largest; use a dataset.num_streams that divides the %d shards evenly, or "
+                "shards of equal size",
+                cfg.dataset,
+                len(plans),
+                sizes[0],
+                sizes[-1],
+                skew,
+                len(view.shards),
+            )
+        if buffer < cfg.shuffle_buffer:
+            log.info(
+                "shuffle buffer %d samples per stream (not %d): %d stream(s) x %.2f MB per decoded sample fit in "
+                "max_buffer_bytes=%.2f GB per rank",
+                buffer,
+                cfg.shuffle_buffer,
+                len(mine),
+                sample_bytes(view) / 1e6,
+                (cfg.max_buffer_bytes or 0) / 1e9,
+            )
+    loader = _data_loader(_TrainStreams(view, mine, per_stream, cfg, start_batch, buffer), cfg, workers)
     order = {plan.index: i for i, plan in enumerate(mine)}
     chunks = iter(loader)
     try:
@@ -210,7 +296,7 @@ def eval_batches(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> Itera
     """One pass over ``cfg.eval_split``: this rank's shards (r, r+W, ...), every key once across ranks."""
     if cfg.eval_batch < 1:
         raise ValueError(f"eval_batch must be >= 1, got {cfg.eval_batch}")
-    view = open_view(cfg.dataset, cfg.eval_split, cfg.teachers, cfg.stats_dir, cfg.normalize)
+    view = open_view(cfg.dataset, cfg.eval_split, cfg.teachers, cfg.stats_dir, cfg.normalize, cfg.stats)
     shards = view.shards[rank::world_size]
     workers = min(cfg.num_workers, len(shards))
     for part in _data_loader(_EvalShards(view, shards, cfg), cfg, workers):

@@ -10,6 +10,7 @@ extraction jobs for different teachers cannot lose each other's entry.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "distill-dataset"
 VERSION = 1
 IMAGES_DIR = "images"
+STATS_DIR = "feature_stats"  # <dataset>/feature_stats/<teacher>.safetensors: the default stats location
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,20 @@ class TeacherRecord:
     source: str  # "tiny" or "hub"
     weights: str | None
     complete_splits: tuple[str, ...] = ()
+    outlier_tokens: int = 0  # int8 only: highest-norm tokens per sample kept in float16 (codec)
+
+    def __post_init__(self) -> None:
+        if self.outlier_tokens < 0 or (self.outlier_tokens and self.storage != "int8"):
+            raise ValueError(
+                f"teacher {self.spec.name!r}: outlier_tokens={self.outlier_tokens} needs int8 storage and K >= 0"
+            )
+
+    @property
+    def storage_label(self) -> str:
+        """How the features are stored, as stats provenance records it."""
+        if self.outlier_tokens:
+            return f"{self.storage}+{self.outlier_tokens} fp16 outlier tokens"
+        return self.storage
 
     @property
     def target_spec(self) -> TeacherSpec:
@@ -70,7 +86,7 @@ class TeacherRecord:
             "source": self.source,
             "weights": self.weights,
             "complete_splits": list(self.complete_splits),
-        }
+        } | ({"outlier_tokens": self.outlier_tokens} if self.outlier_tokens else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherRecord:
@@ -81,6 +97,7 @@ class TeacherRecord:
             source=str(data["source"]),
             weights=None if data["weights"] is None else str(data["weights"]),
             complete_splits=tuple(str(s) for s in data["complete_splits"]),
+            outlier_tokens=int(data.get("outlier_tokens", 0)),
         )
 
 
@@ -96,6 +113,24 @@ class Manifest:
     rejected: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # how video frames were kept
     teachers: dict[str, TeacherRecord] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """The dataset's identity for stats provenance: name, kind, view, and every shard with its count.
+
+        Teachers are left out (extracting another teacher does not change the images); so is the
+        source folder (the same images organised on another machine are the same dataset).
+        """
+        identity = {
+            "name": self.name,
+            "kind": self.kind,
+            "canonical_size": self.canonical_size,
+            "jpeg_quality": self.jpeg_quality,
+            "splits": {
+                name: [[shard.name, shard.count] for shard in info.shards]
+                for name, info in sorted(self.splits.items())
+            },
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def split(self, name: str, path: Path | str = MANIFEST_NAME) -> SplitInfo:
         if name not in self.splits:
@@ -167,6 +202,11 @@ class Manifest:
             sampling=dict(data.get("sampling", {})),
             teachers={name: TeacherRecord.from_dict(rec) for name, rec in data["teachers"].items()},
         )
+
+
+def default_stats_dir(dataset: Path | str) -> Path:
+    """Where stats of a dataset's stored features live unless told otherwise: ``<dataset>/feature_stats``."""
+    return Path(dataset) / STATS_DIR
 
 
 def manifest_path(dataset: Path | str) -> Path:

@@ -57,7 +57,8 @@ class DemoResult:
 
     @property
     def stats_dir(self) -> Path:
-        return self.config.output / "feature_stats"
+        """Where distill-stats writes and distill-check / the trainer look by default."""
+        return self.dataset / "feature_stats"
 
     @property
     def run_dir(self) -> Path:
@@ -168,13 +169,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         [
             *script("preprocessing/calc_feature_stats.py"),
             str(result.dataset),
-            f"--output-dir={result.stats_dir}",
         ],
     )
     run_step(
         result,
         "check the dataset",
-        [*script("preprocessing/check_dataset.py"), str(result.dataset), f"--stats-dir={result.stats_dir}"],
+        [*script("preprocessing/check_dataset.py"), str(result.dataset)],
     )
     run_step(
         result,
@@ -183,7 +183,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             *torchrun(cfg.processes, "train_rvfm.py"),
             f"dataset.root={result.dataset.parent}",
             f"dataset.name={result.dataset.name}",
-            f"dataset.stats_dir={result.stats_dir}",
             f"dataset.num_streams={cfg.processes}",
             "dataset.num_workers=0",
             "teachers=all5",

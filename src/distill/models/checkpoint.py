@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill.io import atomic_path, atomic_write_text, fsync_path
+from distill.io import atomic_write_text, fsync_path
 from distill.models.config import StudentConfig
 from distill.stats import FeatureStats
+from distill.tensorfile import UnreadableFileError
+from distill.tensorfile import load as load_tensors
+from distill.tensorfile import save as save_tensors
 
 FORMAT = "distill.student"
 FORMAT_VERSION = 1
@@ -51,6 +53,15 @@ def check_stats(
     return dict(stats)
 
 
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
 def write_checkpoint(
     directory: str | Path,
     config: StudentConfig,
@@ -60,6 +71,13 @@ def write_checkpoint(
     """Write a complete checkpoint folder at ``directory``, replacing an older checkpoint there atomically."""
     target = Path(directory)
     stats = check_stats(config, stats, source=f"saving {target}")
+    broken = nonfinite_tensors(state)
+    if broken:
+        shown = ", ".join(broken[:8]) + (f" and {len(broken) - 8} more" if len(broken) > 8 else "")
+        raise ValueError(
+            f"refusing to write {target}: {len(broken)} weight tensor(s) hold NaN or infinite values ({shown}); "
+            "a checkpoint of them could only be resumed into the same failure"
+        )
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_checkpoint(target))):
         raise FileExistsError(
             f"refusing to replace {target}: it exists and is not a student checkpoint folder"
@@ -69,9 +87,7 @@ def write_checkpoint(
     try:
         header: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict()}
         atomic_write_text(staging / CONFIG_NAME, json.dumps(header, indent=2) + "\n")
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-        with atomic_path(staging / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        save_tensors(staging / WEIGHTS_NAME, state, metadata={"format": FORMAT})
         for name, teacher_stats in stats.items():
             teacher_stats.save(staging / STATS_DIR / f"{name}.safetensors")
         _swap_into_place(staging, target)
@@ -108,7 +124,13 @@ def read_config(directory: str | Path) -> StudentConfig:
         raise FileNotFoundError(
             f"no {CONFIG_NAME} in {directory}; is it a student checkpoint folder written by save_pretrained?"
         )
-    header = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableFileError(
+            f"{path} is not valid JSON ({exc}): the checkpoint folder is damaged; copy it again or use "
+            "another checkpoint"
+        ) from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a distill student config (format {header.get('format') if isinstance(header, dict) else None!r})"
@@ -139,9 +161,11 @@ def read_stats(directory: str | Path, config: StudentConfig) -> dict[str, Featur
 def load_state_strict(module: nn.Module, path: str | Path) -> None:
     """Load a safetensors file into ``module``; every tensor must be present, expected and of the right shape."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file {path}")
-    tensors = load_file(str(path))
+    tensors, _ = load_tensors(
+        path,
+        "student weights file",
+        "the checkpoint folder is damaged (an interrupted copy or download?); copy it again or use another checkpoint",
+    )
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -1,9 +1,11 @@
-"""Per-channel feature statistics of stored features -> ``<output_dir>/<teacher>.safetensors``.
+"""Per-channel feature statistics of stored features -> ``<dataset>/feature_stats/<teacher>.safetensors``.
 
 Statistics are taken over the features exactly as the loader serves them (after int8/bf16/fp16
 storage and any grid downsampling), patch tokens and CLS separately, in float64 with a
 streaming, mergeable accumulator. Under torchrun each rank reads shards r, r+W, ...; the
-per-rank moments are gathered and merged in rank order, and rank 0 writes the files.
+per-rank moments are gathered and merged in rank order, and rank 0 writes the files. Each file
+records its provenance (teacher weights, storage dtype, stored grid, dataset, split, count), which
+every reader checks against the features it normalises.
 Run as ``python -m distill.preprocess.calc_stats --help`` or scripts/preprocessing/calc_feature_stats.py.
 """
 
@@ -20,8 +22,8 @@ import torch
 
 from distill import distributed as dist
 from distill.data.codec import SampleFeatures, parse_sample
-from distill.data.dataset import check_stored
-from distill.data.manifest import TeacherRecord, load_manifest
+from distill.data.dataset import check_stored, stored_provenance
+from distill.data.manifest import TeacherRecord, default_stats_dir, load_manifest
 from distill.data.shards import iter_shard
 from distill.features import TeacherOutput
 from distill.preprocess.cli import setup_logging
@@ -36,7 +38,11 @@ class StatsConfig:
     dataset: Path
     teachers: tuple[str, ...] = ()  # empty: every teacher complete for the split
     split: str = "train"
-    output_dir: Path = Path("feature_stats")
+    output_dir: Path | None = None  # None: <dataset>/feature_stats
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.output_dir if self.output_dir is not None else default_stats_dir(self.dataset)
 
 
 def iter_features(path: Path, teacher: str, record: TeacherRecord) -> Iterator[SampleFeatures]:
@@ -85,10 +91,11 @@ def compute_stats(cfg: StatsConfig) -> dict[str, FeatureStats]:
         record = manifest.teacher(name, cfg.split, cfg.dataset / "manifest.json")
         spec = record.target_spec
         local = accumulate(cfg.dataset, name, record, shards[info.rank :: info.world_size])
-        stats = merge_across_ranks(info, local, spec.channels, spec.cls_channels).finish()
+        provenance = stored_provenance(manifest, name, record, cfg.split)
+        stats = merge_across_ranks(info, local, spec.channels, spec.cls_channels).finish(provenance)
         stats.check_matches(spec, source=f"stats of {name!r} from {cfg.dataset}")
         if info.is_main:
-            path = cfg.output_dir / f"{name}.safetensors"
+            path = cfg.stats_dir / f"{name}.safetensors"
             stats.save(path)
             log.info("%s: %d samples -> %s", name, stats.count, path)
         results[name] = stats
@@ -106,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="train")
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("feature_stats"), help="where <teacher>.safetensors go"
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where <teacher>.safetensors go (default: DATASET/feature_stats, where training and check look)",
     )
     return parser
 
@@ -120,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.shutdown(info)
     if info.is_main:
+        folder = args.output_dir if args.output_dir is not None else default_stats_dir(args.dataset)
         print(
             json.dumps(
                 {
-                    name: {"count": s.count, "path": str(args.output_dir / f"{name}.safetensors")}
+                    name: {"count": s.count, "path": str(folder / f"{name}.safetensors")}
                     for name, s in results.items()
                 }
             )

@@ -5,8 +5,9 @@ JSON metadata with their own key; every teacher complete for the split has a fea
 the same keys in the same order, whose blobs carry that key, the manifest's storage dtype,
 shapes (stored grid, channels, CLS) and only finite values; counts equal the manifest's. Stray
 shards and temporary files of interrupted runs are reported too, as are stats files that do not
-fit (with ``--stats-dir``). The first problem of each shard is reported with the shard and key;
-exit status 1 when anything is wrong.
+fit or were measured on other features (``--stats-dir``, default ``DATASET/feature_stats`` when it
+exists). The first problem of each shard is reported with the shard and key; exit status 1 when
+anything is wrong.
 Run as ``python -m distill.preprocess.check --help`` or scripts/preprocessing/check_dataset.py.
 """
 
@@ -24,7 +25,7 @@ from distill.data.codec import parse_sample
 from distill.data.dataset import check_stored, load_checked_stats, stats_path
 from distill.data.join import iter_joined
 from distill.data.jpeg import decode_view
-from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, Manifest, load_manifest
+from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, Manifest, default_stats_dir, load_manifest
 from distill.data.shards import ShardError
 
 
@@ -44,6 +45,7 @@ class CheckReport:
     shards: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)
+    stats_dir: Path | None = None  # the stats folder that was checked, if any
 
     @property
     def ok(self) -> bool:
@@ -125,10 +127,13 @@ def check_dataset(dataset: Path, stats_dir: Path | None = None) -> CheckReport:
         for shard in info.shards:
             report.shards += 1
             _check_shard(dataset, manifest, split, shard.name, shard.count, report)
+    if stats_dir is None and default_stats_dir(dataset).is_dir():
+        stats_dir = default_stats_dir(dataset)
     if stats_dir is not None:
+        report.stats_dir = stats_dir
         for name, record in manifest.teachers.items():
             try:
-                stats = load_checked_stats(stats_dir, name, record.target_spec)
+                stats = load_checked_stats(stats_dir, name, record, manifest, dataset)
                 if not all(bool(torch.isfinite(t).all()) for t in stats.tensors().values()):
                     raise ValueError("non-finite mean or std")
             except (OSError, ValueError) as exc:
@@ -142,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dataset", type=Path, help="dataset folder holding manifest.json")
     parser.add_argument(
-        "--stats-dir", type=Path, default=None, help="also check <stats-dir>/<teacher>.safetensors"
+        "--stats-dir",
+        type=Path,
+        default=None,
+        help="also check <stats-dir>/<teacher>.safetensors (default: DATASET/feature_stats when it exists): "
+        "shapes, finite values, and that their provenance matches this dataset's stored features",
     )
     return parser
 
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     report = check_dataset(args.dataset, args.stats_dir)
     if report.ok:
-        print(f"OK {report.dataset}: {report.shards} shards, {report.samples} samples")
+        stats = f", stats in {report.stats_dir}" if report.stats_dir is not None else ", no stats checked"
+        print(f"OK {report.dataset}: {report.shards} shards, {report.samples} samples{stats}")
         return 0
     print(
         f"FAILED {report.dataset}: {len(report.problems)} problem(s); first: {report.problems[0]}",

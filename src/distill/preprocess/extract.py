@@ -55,6 +55,7 @@ class TeacherJob:
     weights: str | None = None  # hub id, local directory or checkpoint file (source="hub")
     storage: StorageDtype = "fp16"
     stored_grid: tuple[int, int] | None = None  # area-downsample the patch grid to this (e.g. SAM)
+    outlier_tokens: int = 0  # int8: keep each sample's K highest-norm tokens in float16 (codec)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,11 @@ def make_record(job: TeacherJob, teacher: Teacher) -> TeacherRecord:
             f"teacher {job.name!r}: stored grid {grid} must be between 1x1 and its grid {spec.grid}"
         )
     weights = job.weights if job.source == "tiny" or job.weights else get_entry(job.name).default_weights
-    return TeacherRecord(spec, job.storage, grid, job.source, weights)
+    if not 0 <= job.outlier_tokens < grid[0] * grid[1]:
+        raise ValueError(
+            f"teacher {job.name!r}: {job.outlier_tokens} outlier tokens of a {grid[0]}x{grid[1]} grid; use 0 <= K < {grid[0] * grid[1]}"
+        )
+    return TeacherRecord(spec, job.storage, grid, job.source, weights, outlier_tokens=job.outlier_tokens)
 
 
 def extract_features(cfg: ExtractConfig) -> ExtractReport:
@@ -279,7 +284,7 @@ def _write_batch(
         for name, out in outputs.items():
             record = records[name]
             patch = area_downsample(out.patch, record.stored_grid)
-            blobs = encode_batch(keys, name, patch, out.cls, record.storage)
+            blobs = encode_batch(keys, name, patch, out.cls, record.storage, record.outlier_tokens)
             for key, blob in zip(keys, blobs, strict=True):
                 sinks[name].write(key, {f"{name}.safetensors": blob})
 
@@ -416,6 +421,12 @@ def parse_assignments(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _count(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{what}: expected a token count, got {text!r}")
+    return int(text)
+
+
 def parse_grid(text: str) -> tuple[int, int]:
     h, sep, w = text.lower().partition("x")
     if not sep or not h.isdigit() or not w.isdigit():
@@ -461,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=HxW",
         help="area-downsample a teacher's grid",
     )
+    parser.add_argument(
+        "--outlier-tokens",
+        action="append",
+        default=[],
+        metavar="NAME=K",
+        help="int8 teachers: keep each sample's K highest-norm tokens in float16, out of the per-channel "
+        "scales (for high-norm artifact tokens, e.g. CLIP-L, DINOv2 without registers; see docs/dataset_format.md)",
+    )
     parser.add_argument("--splits", nargs="*", default=[], help="splits to extract (default: all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when present, else cpu")
@@ -474,7 +493,11 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     weights = parse_assignments(args.weights, "--weights")
     storage = {k: check_storage(v) for k, v in parse_assignments(args.storage_for, "--storage-for").items()}
     grids = {k: parse_grid(v) for k, v in parse_assignments(args.stored_grid, "--stored-grid").items()}
-    unknown = (set(weights) | set(storage) | set(grids)) - set(args.teachers)
+    outliers = {
+        k: _count(v, "--outlier-tokens")
+        for k, v in parse_assignments(args.outlier_tokens, "--outlier-tokens").items()
+    }
+    unknown = (set(weights) | set(storage) | set(grids) | set(outliers)) - set(args.teachers)
     if unknown:
         raise ValueError(
             f"options name teachers that are not extracted: {sorted(unknown)}; add them to --teachers"
@@ -482,9 +505,21 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     if weights and args.source == "tiny":
         raise ValueError("--weights needs --source hub (tiny teachers are built from random weights)")
     jobs = tuple(
-        TeacherJob(name, args.source, weights.get(name), storage.get(name, args.storage), grids.get(name))
+        TeacherJob(
+            name,
+            args.source,
+            weights.get(name),
+            storage.get(name, args.storage),
+            grids.get(name),
+            outliers.get(name, 0),
+        )
         for name in args.teachers
     )
+    for job in jobs:
+        if job.outlier_tokens and job.storage != "int8":
+            raise ValueError(
+                f"--outlier-tokens {job.name}=...: {job.name} is stored as {job.storage}, not int8"
+            )
     return ExtractConfig(
         dataset=args.dataset,
         teachers=jobs,

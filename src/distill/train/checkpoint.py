@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from distill.io import fsync_path
+from distill.tensorfile import UnreadableFileError
+from distill.tensorfile import load as load_tensors
+from distill.tensorfile import save as save_tensors
 from distill.train.rng import RngState
 
 CHECKPOINTS = "checkpoints"
@@ -155,7 +156,7 @@ def write_checkpoint(
         save_models(tmp)
         torch.save(optimizer, tmp / OPTIMIZER_FILE)
         tensors, meta = _rng_parts(rng)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / RNG_FILE), metadata=meta)
+        save_tensors(tmp / RNG_FILE, tensors, metadata=meta)
         record = {"format_version": FORMAT_VERSION, **asdict(state)}
         (tmp / TRAINER_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         _fsync_tree(tmp)
@@ -193,19 +194,35 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"{path} is not a complete checkpoint (no {TRAINER_FILE}); "
             "point resume= at a checkpoints/step_* directory or use resume=auto"
         )
-    record = json.loads(trainer_file.read_text(encoding="utf-8"))
-    version = record.pop("format_version", None)
+    fix = f"resume from another checkpoint of {path.parent} (or delete this one so resume=auto skips it)"
+    try:
+        record = json.loads(trainer_file.read_text(encoding="utf-8"))
+        version = record.pop("format_version", None)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UnreadableFileError(f"{trainer_file} is not a trainer state ({exc}); {fix}") from exc
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{trainer_file}: checkpoint format {version!r}, this trainer reads {FORMAT_VERSION}"
         )
     state = TrainerState(**record)
-    optimizer = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    with safe_open(str(path / RNG_FILE), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    states = json.loads(meta["states"])
-    rng = [RngState.from_parts(f"rank{r}", tensors, states[f"rank{r}"]) for r in range(int(meta["ranks"]))]
+    optimizer_file = path / OPTIMIZER_FILE
+    try:
+        optimizer = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} has no {OPTIMIZER_FILE}; {fix}") from None
+    except Exception as exc:  # truncated zip, unpickling refused, ...
+        raise UnreadableFileError(
+            f"{optimizer_file} is not a readable optimiser state: truncated or corrupt "
+            f"({type(exc).__name__}: {exc}); {fix}"
+        ) from exc
+    tensors, meta = load_tensors(path / RNG_FILE, "checkpoint RNG file", fix)
+    try:
+        states = json.loads(meta["states"])
+        rng = [
+            RngState.from_parts(f"rank{r}", tensors, states[f"rank{r}"]) for r in range(int(meta["ranks"]))
+        ]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UnreadableFileError(f"{path / RNG_FILE}: RNG states are incomplete ({exc!r}); {fix}") from exc
     if not (path / STUDENT_DIR).is_dir():
         raise FileNotFoundError(f"{path} has no {STUDENT_DIR}/ folder")
     return Checkpoint(path=path, state=state, optimizer=optimizer, rng=rng)

@@ -16,6 +16,7 @@ CONFIG_PACKAGE = "pkg://distill.configs"
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     # imported here so that --help and config errors do not wait for torch, transformers and open_clip
+    from distill.tensorfile import UnreadableFileError
     from distill.train.config import load_run_config
     from distill.train.trainer import train
     from distill.train.typed import ConfigError
@@ -27,6 +28,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except UnreadableFileError as err:  # a damaged checkpoint or stats file: the file and the fix
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 @record

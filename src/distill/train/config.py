@@ -100,8 +100,14 @@ class DatasetConfig:
     stats_dir: str | None
     num_streams: int
     shuffle_buffer: int
+    max_buffer_gb: float | None  # per rank: bound on the decoded samples the shuffle buffers hold
     num_workers: int
     val_batch_size: int | None
+
+    def __post_init__(self) -> None:
+        require_non_negative("dataset.shuffle_buffer", self.shuffle_buffer)
+        if self.max_buffer_gb is not None:
+            require_positive("dataset.max_buffer_gb", self.max_buffer_gb)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from distill.data.dataset import Batch, load_checked_stats
+from distill.data.dataset import Batch
 from distill.data.loader import LoaderConfig, eval_batches, train_batches
+from distill.data.manifest import default_stats_dir
 from distill.distributed import DistContext
-from distill.features import TeacherSpec
 from distill.stats import FeatureStats
 from distill.train.config import RunConfig
 from distill.train.typed import ConfigError
@@ -46,24 +46,38 @@ def check_geometry(cfg: RunConfig, world_size: int) -> None:
         )
 
 
-class LoaderPlan:
-    """Builds the training stream, the validation pass and offline teachers' stats for one run."""
+def stats_dir_of(cfg: RunConfig) -> Path:
+    """``dataset.stats_dir``, or the dataset's own ``feature_stats/`` when it is null."""
+    return Path(cfg.dataset.stats_dir) if cfg.dataset.stats_dir else default_stats_dir(dataset_dir(cfg))
 
-    def __init__(self, cfg: RunConfig, offline: list[str], ctx: DistContext) -> None:
+
+class LoaderPlan:
+    """Builds the training stream and the validation pass for one run.
+
+    ``stats`` are the offline teachers' stats, already resolved and checked by the trainer's
+    setup: the loader normalises with exactly these (what the student also saves).
+    """
+
+    def __init__(
+        self, cfg: RunConfig, offline: list[str], ctx: DistContext, stats: dict[str, FeatureStats]
+    ) -> None:
         check_geometry(cfg, ctx.world_size)
         data = cfg.dataset
-        self.stats_dir = Path(data.stats_dir) if data.stats_dir else None
+        self.stats_dir = stats_dir_of(cfg)
         self.val_split = data.val_split
+        self.stats = {name: stats[name] for name in offline}
         self.config = LoaderConfig(
             dataset=dataset_dir(cfg),
             teachers=tuple(offline),
             stats_dir=self.stats_dir,
+            stats=self.stats,
             normalize=True,
             split=data.train_split,
             global_batch=cfg.training.batch_size * ctx.world_size,
             num_streams=data.num_streams,
             seed=cfg.seed,
             shuffle_buffer=data.shuffle_buffer,
+            max_buffer_bytes=None if data.max_buffer_gb is None else int(data.max_buffer_gb * 1e9),
             num_workers=data.num_workers,
             eval_split=data.val_split or data.train_split,
             eval_batch=data.val_batch_size or cfg.training.batch_size,
@@ -72,16 +86,6 @@ class LoaderPlan:
             device=str(ctx.device) if ctx.device.type == "cuda" else None,
         )
         self.ctx = ctx
-
-    def offline_stats(self, specs: dict[str, TeacherSpec]) -> dict[str, FeatureStats]:
-        """The stats the loader normalises precomputed targets with (the student saves them too)."""
-        if not self.config.teachers:
-            return {}
-        if self.stats_dir is None:
-            raise ConfigError(
-                "dataset.stats_dir: precomputed teachers need their stats files; set dataset.stats_dir"
-            )
-        return {name: load_checked_stats(self.stats_dir, name, specs[name]) for name in self.config.teachers}
 
     def train(self, start_batch: int) -> Iterator[Batch]:
         return train_batches(self.config, self.ctx.rank, self.ctx.world_size, start_batch=start_batch)

@@ -11,16 +11,17 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from distill.data.manifest import Manifest, TeacherRecord, load_manifest
+from distill.data.dataset import load_checked_stats, stored_provenance
+from distill.data.manifest import Manifest, TeacherRecord, default_stats_dir, load_manifest
 from distill.distributed import DistContext
 from distill.features import TeacherSpec
 from distill.losses import LossConfig
-from distill.models import Student, StudentConfig, load_state_strict, read_config
-from distill.models.checkpoint import WEIGHTS_NAME
-from distill.stats import FeatureStats
+from distill.models import Student, StudentConfig, load_state_strict, read_config, read_stats
+from distill.models.checkpoint import STATS_DIR, WEIGHTS_NAME, nonfinite_tensors
+from distill.stats import LIVE_STORAGE, FeatureStats, StatsProvenance
 from distill.teachers import Teacher, get_entry, load_teacher
 from distill.train.config import RunConfig, TeacherConfig
-from distill.train.data import LoaderPlan, dataset_dir
+from distill.train.data import LoaderPlan, dataset_dir, stats_dir_of
 from distill.train.typed import ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ def load_student_weights(student: Student, folder: Path, what: str) -> None:
     """Strictly load a student folder's weights into ``student``, after checking the architectures match."""
     check_architecture(folder, student.config, what)
     load_state_strict(student, folder / WEIGHTS_NAME)
+    broken = nonfinite_tensors(student.state_dict())
+    if broken:
+        raise ValueError(
+            f"{what} {folder / WEIGHTS_NAME} holds NaN or infinite weights ({', '.join(broken[:8])}); "
+            "start from an earlier checkpoint (resume=<run>/checkpoints/step_*)"
+        )
 
 
 def build_loss_config(cfg: RunConfig) -> LossConfig:
@@ -128,6 +135,20 @@ def build_loss_config(cfg: RunConfig) -> LossConfig:
         raise ConfigError(f"training.loss: {err}") from err
 
 
+def check_something_trains(loss: LossConfig, student: StudentConfig) -> None:
+    """Refuse weights that leave no loss term at all (zero weights are otherwise fine, alone or many)."""
+    for name, spec in student.teachers.items():
+        terms = [loss.patch_cos, loss.patch_l1] + ([loss.cls_cos] if spec.cls_channels is not None else [])
+        if loss.teacher_weight(name) > 0 and any(w > 0 for w in terms):
+            return
+    if student.pixel_head and loss.pixel_mse > 0:
+        return
+    raise ConfigError(
+        "training.loss / teachers.*.weight: every loss term is weighted 0, so nothing would train; "
+        "give at least one teacher and one of its terms (or the pixel loss) a positive weight"
+    )
+
+
 @dataclass
 class Inputs:
     """Everything a run reads before it touches its run directory, checked up front."""
@@ -137,6 +158,99 @@ class Inputs:
     loader: LoaderPlan
     loss: LossConfig
     offline_stats: dict[str, FeatureStats]
+    # what stats of each online teacher must record: its weights, live float32 features, this dataset
+    online_provenance: dict[str, StatsProvenance]
+    # stats fixed before the run starts (finetuning: the init student's); online teachers included
+    fixed_stats: dict[str, FeatureStats]
+
+
+def teacher_weights_id(teacher: TeacherConfig) -> str | None:
+    """The weights a teacher entry loads, as records name them (the registry default for hub=None)."""
+    if teacher.source == "hub" and teacher.weights is None:
+        return get_entry(teacher.name).default_weights
+    return teacher.weights
+
+
+def live_provenance(
+    teacher: TeacherConfig, spec: TeacherSpec, manifest: Manifest, split: str
+) -> StatsProvenance:
+    """The provenance stats of an online teacher's live features on this dataset carry."""
+    return StatsProvenance(
+        teacher=teacher.name,
+        source=teacher.source,
+        weights=teacher_weights_id(teacher),
+        storage=LIVE_STORAGE,
+        grid=spec.grid,
+        dataset=manifest.name,
+        dataset_fingerprint=manifest.fingerprint(),
+        split=split,
+    )
+
+
+IDENTITY_ONLY = ("storage", "grid", "dataset", "dataset_fingerprint", "split")
+
+
+def init_student_stats(
+    folder: Path, student: StudentConfig, expected: dict[str, StatsProvenance]
+) -> dict[str, FeatureStats]:
+    """The init student's stats, to keep its normalisation space while finetuning.
+
+    Its heads predict in the space of the stats it was trained with; normalising the new
+    dataset's targets with its own stats would silently move every target (the raw-space output
+    of the finetuned student at step 0 would differ from the init student's). So the finetune
+    normalises with the init stats. They must come from the same teacher weights; the storage,
+    grid and dataset may differ (that is what finetuning on another dataset means).
+    """
+    stats = read_stats(folder, student)
+    for name, teacher_stats in stats.items():
+        where = f"init_from {folder / STATS_DIR / f'{name}.safetensors'}"
+        if teacher_stats.provenance is None:
+            log.warning(
+                "%s records no provenance (an older checkpoint); its teacher cannot be verified", where
+            )
+            continue
+        teacher_stats.check_provenance(
+            expected[name],
+            source=where,
+            ignore=IDENTITY_ONLY,
+            fix=f"finetune with the teacher weights the init student was trained on (teachers.*.source/weights "
+            f"for {name!r}), or train from scratch",
+        )
+        others = teacher_stats.provenance.differences(expected[name], ignore=("split",))
+        if others:
+            log.info(
+                "teacher %s: targets are normalised with the init student's stats (%s), not this dataset's (%s)",
+                name,
+                teacher_stats.provenance.describe(),
+                "; ".join(others),
+            )
+    return stats
+
+
+def resolve_offline_stats(
+    cfg: RunConfig, manifest: Manifest, offline: list[str], fixed: dict[str, FeatureStats]
+) -> dict[str, FeatureStats]:
+    """Precomputed teachers' stats: the fixed ones (finetune), else the dataset's, checked for provenance."""
+    dataset = dataset_dir(cfg)
+    folder = stats_dir_of(cfg)
+    out = {}
+    for name in offline:
+        if name in fixed:
+            out[name] = fixed[name]
+            continue
+        record = manifest.teacher(name, cfg.dataset.train_split, dataset / "manifest.json")
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            key = "dataset.stats_dir" if cfg.dataset.stats_dir else f"dataset.stats_dir (default {folder})"
+            raise ConfigError(
+                f"{key}: no stats for precomputed teacher {name!r} at {path}; compute them with "
+                f"distill-stats {dataset} (writes {default_stats_dir(dataset)}/) or set dataset.stats_dir"
+            )
+        try:
+            out[name] = load_checked_stats(folder, name, record, manifest, dataset)
+        except ValueError as err:
+            raise ConfigError(f"dataset.stats_dir: {err}") from err
+    return out
 
 
 def prepare_inputs(cfg: RunConfig, ctx: DistContext) -> Inputs:
@@ -145,10 +259,28 @@ def prepare_inputs(cfg: RunConfig, ctx: DistContext) -> Inputs:
     manifest = load_manifest(dataset)
     teachers = plan_teachers(cfg, manifest, str(dataset), str(ctx.device))
     student = student_config(cfg, teachers.specs, manifest.canonical_size)
+    split = cfg.dataset.train_split
+    by_name = {t.name: t for t in cfg.teachers.values()}
+    online_provenance = {
+        name: live_provenance(by_name[name], teachers.specs[name], manifest, split)
+        for name in teachers.online
+    }
+    fixed: dict[str, FeatureStats] = {}
     if cfg.init_from:
-        check_architecture(Path(cfg.init_from), student, "init_from")
-    loader = LoaderPlan(cfg, teachers.offline, ctx)
+        folder = Path(cfg.init_from)
+        check_architecture(folder, student, "init_from")
+        expected = dict(online_provenance)
+        for name in teachers.offline:
+            record = manifest.teacher(name, split, dataset / "manifest.json")
+            expected[name] = stored_provenance(manifest, name, record, split)
+        try:
+            fixed = init_student_stats(folder, student, expected)
+        except ValueError as err:
+            raise ConfigError(f"init_from: {err}") from err
+    offline_stats = resolve_offline_stats(cfg, manifest, teachers.offline, fixed)
+    loader = LoaderPlan(cfg, teachers.offline, ctx, offline_stats)
     loss = build_loss_config(cfg)
+    check_something_trains(loss, student)
     if cfg.training.warmup_steps >= cfg.training.steps:
         log.warning(
             "training.warmup_steps=%d >= training.steps=%d: the lr never reaches training.lr=%g",
@@ -156,4 +288,5 @@ def prepare_inputs(cfg: RunConfig, ctx: DistContext) -> Inputs:
             cfg.training.steps,
             cfg.training.lr,
         )
-    return Inputs(teachers, student, loader, loss, loader.offline_stats(teachers.specs))
+    fixed_online = {name: fixed[name] for name in teachers.online if name in fixed}
+    return Inputs(teachers, student, loader, loss, offline_stats, online_provenance, fixed_online)

@@ -30,7 +30,7 @@ from distill.distributed import (
 )
 from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
-from distill.models import Student
+from distill.models import Student, read_stats
 from distill.train import rng
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
 from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
@@ -40,6 +40,7 @@ from distill.train.metrics import MetricsSink, WandbSettings
 from distill.train.online import OnlineTargets, resolve_online_stats
 from distill.train.optim import WarmupCosine, build_optimizer
 from distill.train.precision import AutocastFactory, autocast_factory
+from distill.train.reach import freeze_unreachable
 from distill.train.rundir import RunPlan, plan_run
 from distill.train.setup import Inputs, load_student_weights, prepare_inputs
 from distill.train.validate import evaluate
@@ -69,6 +70,44 @@ def check_finite(breakdown: LossBreakdown, step: int, rank: int) -> None:
         f"non-finite loss at step {step} on rank {rank}: {who}; check those teachers' feature shards and "
         "stats files (a zero or NaN std gives infinite targets), or lower training.lr"
     )
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient became NaN or infinite while the loss was finite; raised before the optimiser steps."""
+
+
+def _describe(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_gradients(model: nn.Module, step: int, rank: int, max_norm: float) -> float:
+    """The global gradient norm (before clipping); clips to ``max_norm`` when it is > 0.
+
+    A non-finite norm stops the run *before* the optimiser steps (so no NaN reaches the weights,
+    the EMA or a checkpoint), naming the step and every parameter whose gradient is not finite.
+    Under DDP the gradients are already averaged, so every rank stops at the same step.
+    """
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return 0.0
+    grads = [g for _, g in named]
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+    if not bool(torch.isfinite(total)):
+        finite = torch.isfinite(torch.stack([n.float() for n in norms])).tolist()
+        culprits = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+        raise NonFiniteGradientError(
+            f"non-finite gradient at step {step} on rank {rank} (the loss was finite): "
+            f"{len(culprits)} parameter(s) would have gone non-finite: {_describe(culprits)}; the weights "
+            "were not updated and no checkpoint was written. Lower training.lr, keep training.grad_clip > 0 "
+            "(it cannot clip an infinite norm), use precision=fp32 to rule out bf16 overflow, or resume from "
+            "the last checkpoint"
+        )
+    if max_norm > 0:
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+    return float(total)
 
 
 @dataclass
@@ -105,7 +144,13 @@ class Trainer:
         if teachers.online:
             first = self.loader.first_images(training.online_stats_steps * training.grad_accum)
             online_stats = resolve_online_stats(
-                teachers.online, self.run_dir, self.loader.stats_dir, first, ctx
+                teachers.online,
+                self.run_dir,
+                self.loader.stats_dir,
+                first,
+                ctx,
+                inputs.online_provenance,
+                inputs.fixed_stats,
             )
             stats |= online_stats
             self.online = OnlineTargets(teachers.online, online_stats)
@@ -136,6 +181,14 @@ class Trainer:
         self.schedule = WarmupCosine(
             training.lr, training.warmup_steps, training.steps, training.min_lr_ratio
         )
+        # after the optimiser, so its parameter groups (and checkpoints) do not depend on the weights
+        self.frozen = freeze_unreachable(self.student, self.loss_cfg)
+        if self.frozen:
+            log.info(
+                "%d parameter tensor(s) get no gradient with these loss weights and are frozen: %s",
+                len(self.frozen),
+                _summarise(self.frozen),
+            )
         self.step = 0
         if plan.resume_from is not None:
             self._resume(read_checkpoint(plan.resume_from))
@@ -144,10 +197,12 @@ class Trainer:
 
         self.model: nn.Module = self.student
         if ctx.distributed:
+            # every parameter left trainable gets a gradient on every step (reach.py), so DDP needs
+            # no search for unused ones
             self.model = DistributedDataParallel(
                 self.student,
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=self._has_unused_parameters(),
+                find_unused_parameters=False,
             )
         if training.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
@@ -167,21 +222,6 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- setup helpers
-    def _has_unused_parameters(self) -> bool:
-        """Whether some parameters get no gradient, which DDP must then look for every step.
-
-        That happens when a term is weighted 0 (the loss leaves it out of the graph), and with
-        ``bottleneck=none`` when no teacher has a CLS (nothing then reads z).
-        """
-        loss = self.loss_cfg
-        has_cls = any(spec.cls_channels is not None for spec in self.config.teachers.values())
-        weights = [loss.patch_cos, loss.patch_l1, *loss.teacher_weights.values()]
-        if has_cls:
-            weights.append(loss.cls_cos)
-        if self.config.pixel_head:
-            weights.append(loss.pixel_mse)
-        return any(w == 0 for w in weights) or (self.config.bottleneck == "none" and not has_cls)
-
     def _resume(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
         world = self.ctx.world_size
@@ -196,6 +236,21 @@ class Trainer:
                 f"{self.cfg.training.grad_accum}. Resume with the same global batch and training.grad_accum"
             )
         load_student_weights(self.student, checkpoint.student_dir, "checkpoint")
+        saved = read_stats(checkpoint.student_dir, self.config)
+        changed = sorted(
+            name
+            for name, stats in self.stats.items()
+            if any(
+                not torch.equal(a, b)
+                for a, b in zip(stats.tensors().values(), saved[name].tensors().values(), strict=True)
+            )
+        )
+        if changed:
+            raise ValueError(
+                f"the stats of {changed} differ from those {checkpoint.path} was trained with "
+                f"({checkpoint.student_dir / 'stats'}): resuming would move every target of those teachers. "
+                "Restore the stats files the run started with (a copy is in that folder), or start a new run"
+            )
         if self.ema is not None:
             if checkpoint.ema_dir is None:
                 raise ValueError(f"training.ema_decay is set but {checkpoint.path} has no ema/ folder")
@@ -249,14 +304,13 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         for micro in range(training.grad_accum):
             window.add(self._micro_step(next(stream), self.step + 1, sync=micro == training.grad_accum - 1))
-        grad_norm = None
-        if training.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), training.grad_clip))
+        norm = check_gradients(self.student, self.step + 1, self.ctx.rank, training.grad_clip)
+        grad_norm = norm if training.grad_clip > 0 else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.student)
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.student, self.step)
         return lr, grad_norm
 
     def fit(self) -> Path:
@@ -372,6 +426,15 @@ class Trainer:
             if self.ema is not None:
                 self.ema.module.save_pretrained(self.run_dir / FINAL_EMA, self.stats)
         barrier(self.ctx)
+
+
+def _summarise(names: list[str]) -> str:
+    """``heads.mae.spatial.out.weight, ...`` -> ``heads.mae.spatial (4), ...``: module prefixes with counts."""
+    counts: dict[str, int] = {}
+    for name in names:
+        prefix = ".".join(name.split(".")[:3])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return ", ".join(f"{prefix} ({n})" for prefix, n in counts.items())
 
 
 def _configure_logging(ctx: DistContext) -> None:
