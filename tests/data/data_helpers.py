@@ -9,6 +9,7 @@ modified; tests that damage a dataset work on ``dataset_copy``.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from data_bad_inputs import write_bad_inputs
 
+from distill.data.manifest import load_manifest
+from distill.data.shards import iter_shard
 from distill.distributed import DistContext
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
@@ -75,3 +78,12 @@ def dataset_copy(built: Built, tmp_path: Path) -> Path:
     target = tmp_path / "ds"
     shutil.copytree(built.dataset, target)
     return target
+
+
+def frame_metadata(dataset: Path) -> list[dict]:
+    """Every image shard's JSON metadata, in manifest order (splits, shards, members)."""
+    out = []
+    for info in load_manifest(dataset).splits.values():
+        for shard in info.shards:
+            out += [json.loads(s.files["json"]) for s in iter_shard(dataset / "images" / shard.name)]
+    return out

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import frame_metadata
 
-from distill.data.manifest import load_manifest
-from distill.data.shards import iter_shard
 from distill.preprocess.rejected import read_rejections
 from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.synthetic import write_video
-
-
-def _frames(dataset: Path) -> list[dict]:
-    out = []
-    for info in load_manifest(dataset).splits.values():
-        for shard in info.shards:
-            out += [json.loads(s.files["json"]) for s in iter_shard(dataset / "images" / shard.name)]
-    return out
 
 
 def test_sidecar_rows_follow_their_frames(tmp_path: Path) -> None:
@@ -31,7 +21,7 @@ def test_sidecar_rows_follow_their_frames(tmp_path: Path) -> None:
     np.savez(videos / "a.npz", state=state_a, action=np.arange(10) * 10.0)
     counts = subsample_videos(VideoConfig(videos, tmp_path / "ds", size=32, samples_per_shard=4, every_n=3))
     assert counts == {"train": 4 + 3}
-    frames = _frames(tmp_path / "ds")
+    frames = frame_metadata(tmp_path / "ds")
     with_arrays = {f["frame_index"]: f["arrays"] for f in frames if f["video_id"] == "a"}
     assert sorted(with_arrays) == [0, 3, 6, 9]
     for index, arrays in with_arrays.items():

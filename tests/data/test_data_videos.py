@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import av
 import pytest
 import torch
+from data_helpers import frame_metadata
 
 from distill.data.clips import video_clips
 from distill.data.manifest import load_manifest
-from distill.data.shards import iter_shard
 from distill.distributed import DistContext
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
@@ -32,21 +31,13 @@ def _write_inputs(root: Path) -> None:
     (root / "notes.txt").write_text("x")
 
 
-def _frames(dataset: Path) -> list[dict]:
-    out = []
-    for info in load_manifest(dataset).splits.values():
-        for shard in info.shards:
-            out += [json.loads(s.files["json"]) for s in iter_shard(dataset / "images" / shard.name)]
-    return out
-
-
 def test_every_nth_frame_with_metadata_and_rejections(tmp_path: Path) -> None:
     _write_inputs(tmp_path / "videos")
     counts = subsample_videos(
         VideoConfig(tmp_path / "videos", tmp_path / "ds", size=32, samples_per_shard=4, every_n=3)
     )
     assert counts == {"train": 4 + 5}  # frames 0,3,6,9 of a; 0,3,6,9,12 of b
-    frames = _frames(tmp_path / "ds")
+    frames = frame_metadata(tmp_path / "ds")
     assert [(f["video_id"], f["frame_index"]) for f in frames] == [("a", i) for i in (0, 3, 6, 9)] + [
         ("sub__b", i) for i in (0, 3, 6, 9, 12)
     ]
@@ -66,7 +57,7 @@ def test_every_nth_frame_with_metadata_and_rejections(tmp_path: Path) -> None:
 def test_frames_per_second_sampling(tmp_path: Path) -> None:
     write_video(tmp_path / "v" / "c.mp4", frames=16, size=(64, 64), fps=8)
     subsample_videos(VideoConfig(tmp_path / "v", tmp_path / "ds", size=32, fps=2.0))
-    assert [f["frame_index"] for f in _frames(tmp_path / "ds")] == [0, 4, 8, 12]
+    assert [f["frame_index"] for f in frame_metadata(tmp_path / "ds")] == [0, 4, 8, 12]
     with pytest.raises(ValueError, match="exactly one of every_n"):
         VideoConfig(tmp_path, tmp_path, every_n=2, fps=2.0)
 
