@@ -21,6 +21,7 @@ import torch
 
 from distill import distributed as dist
 from distill.data.dataset import open_view
+from distill.data.frame_arrays import stack_frame_arrays
 from distill.data.join import iter_joined
 from distill.data.jpeg import decode_view
 from distill.data.latents import (
@@ -184,26 +185,6 @@ def _videos(dataset: Path, split: str, info: dist.DistContext) -> Iterator[tuple
         yield current, frames
 
 
-def _stack_arrays(frames: list[_Frame], where: str) -> dict[str, torch.Tensor]:
-    """Each frame's ``meta["arrays"]`` stacked to [T, K]; every frame must carry the same names and sizes."""
-    names = sorted(frames[0].meta.get("arrays", {}))
-    rows: dict[str, list[list[float]]] = {name: [] for name in names}
-    for frame in frames:
-        carried = frame.meta.get("arrays", {})
-        if sorted(carried) != names:
-            raise ValueError(
-                f"{where}: frame {frame.key!r} carries arrays {sorted(carried)}, frame 0 {names}"
-            )
-        for name in names:
-            rows[name].append([float(x) for x in carried[name]])
-    out = {}
-    for name, values in rows.items():
-        if len({len(v) for v in values}) != 1:
-            raise ValueError(f"{where}: array {name!r} changes length between frames")
-        out[name] = torch.tensor(values, dtype=torch.float64)
-    return out
-
-
 def _encode_video(
     cfg: EncodeConfig,
     model: Student,
@@ -238,7 +219,7 @@ def _encode_video(
         torch.cat(zs),
         torch.tensor([int(f.meta["frame_index"]) for f in frames], dtype=torch.int64),
         torch.tensor([float(f.meta["timestamp"]) for f in frames], dtype=torch.float64),
-        _stack_arrays(frames, where),
+        stack_frame_arrays([f.meta for f in frames], [f.key for f in frames], where),
     )
     write_video_latents(target, video, split, ref.fingerprint)
     report.videos_written += 1

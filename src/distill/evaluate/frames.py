@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from distill.data.dataset import DecodedSample, open_view
+from distill.data.frame_arrays import stack_frame_arrays
 from distill.data.join import iter_joined
 from distill.features import TeacherOutput
 
@@ -50,27 +50,6 @@ def _batch(targets: dict[str, TeacherOutput], samples: list[DecodedSample], wher
         [s.key for s in samples],
         torch.stack([s.image for s in samples]),
         [str(s.meta.get("video_id", s.key)) for s in samples],
-        _arrays([s.meta for s in samples], [s.key for s in samples], where),
+        stack_frame_arrays([s.meta for s in samples], [s.key for s in samples], where),
         targets,
     )
-
-
-def _arrays(metas: list[dict[str, Any]], keys: list[str], where: str) -> dict[str, torch.Tensor]:
-    """Stack each frame's ``meta["arrays"]``; every frame must carry the same names and lengths."""
-    names = sorted(metas[0].get("arrays", {}))
-    out = {}
-    for name in names:
-        rows = []
-        for meta, key in zip(metas, keys, strict=True):
-            value = meta.get("arrays", {}).get(name)
-            if value is None:
-                raise ValueError(f"{where}: frame {key!r} lacks the array {name!r} other frames carry")
-            rows.append(torch.tensor(value, dtype=torch.float64).reshape(-1))
-        if len({len(r) for r in rows}) != 1:
-            raise ValueError(f"{where}: array {name!r} has different lengths across frames")
-        out[name] = torch.stack(rows)
-    for meta, key in zip(metas, keys, strict=True):
-        extra = sorted(set(meta.get("arrays", {})) - set(names))
-        if extra:
-            raise ValueError(f"{where}: frame {key!r} carries arrays {extra} the first frame lacks")
-    return out
