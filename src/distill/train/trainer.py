@@ -190,6 +190,7 @@ class Trainer:
                 _summarise(self.frozen),
             )
         self.step = 0
+        self._calibrated_at: int | None = None  # the step whose weights z batch norm's statistics describe
         if plan.resume_from is not None:
             self._resume(read_checkpoint(plan.resume_from))
         else:
@@ -362,9 +363,16 @@ class Trainer:
         return self.loader.first_images(training.calibration_batches * training.grad_accum)
 
     def _recalibrate(self) -> None:
-        """z batch-norm statistics for the weights about to be evaluated or saved (live and EMA)."""
+        """z batch-norm statistics for the weights about to be evaluated or saved (live and EMA).
+
+        Validation, checkpoint and export often fall on the same step: the weights have not moved, so
+        the statistics are computed once per step.
+        """
+        if self._calibrated_at == self.step:
+            return
         models = [self.student] + ([self.ema.module] if self.ema is not None else [])
         recalibrate(models, self._calibration_images(), self.ctx.device)
+        self._calibrated_at = self.step
 
     def validate(self) -> None:
         if self.loader.val_split is None:
