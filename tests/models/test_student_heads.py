@@ -103,3 +103,20 @@ def test_pixel_head_adds_its_canvas_resampled_to_the_output_size() -> None:
     torch.testing.assert_close(head(tokens.repeat(1, 2, 2, 1)), torch.full((1, 3, 16, 16), 0.25))
     with pytest.raises(ValueError, match="canvas image must be"):
         head.set_canvas(torch.zeros(8, 8))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize(
+    ("student_grid", "teacher_grid"),
+    [((14, 14), (64, 64)), ((14, 14), (16, 16)), ((16, 16), (14, 14)), ((4, 6), (9, 3))],
+)
+def test_spatial_head_equals_resampling_before_mapping(
+    kind: str, student_grid: tuple[int, int], teacher_grid: tuple[int, int]
+) -> None:
+    """mlp heads map channels on the smaller grid; the result is resample-then-map's (the old order)."""
+    torch.manual_seed(0)
+    head = SpatialHead(in_dim=12, out_dim=7, grid=teacher_grid, kind=kind, hidden_dim=10).double()  # type: ignore[arg-type]
+    tokens = torch.randn(2, *student_grid, 12, dtype=torch.float64)
+    resampled = resample_grid(head.norm(tokens).permute(0, 3, 1, 2), teacher_grid)
+    want = head.out(head.act(head.mix(resampled))).permute(0, 2, 3, 1)
+    torch.testing.assert_close(head(tokens), want, rtol=1e-12, atol=1e-12)
