@@ -28,7 +28,7 @@ def tiny_with_output(
 
 
 def test_the_expected_families_are_registered() -> None:
-    assert {"clip", "clip_hf", "dinov2", "mae"} <= set(NAMES)
+    assert {"clip", "clip_hf", "dinov2", "dinov3", "mae", "siglip2"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

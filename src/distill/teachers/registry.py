@@ -30,6 +30,8 @@ _REGISTRY: dict[str, TeacherEntry] = {}
 FAMILY_MODULES = (
     "clip",
     "dinov2",
+    "dinov3",
+    "siglip2",
     "mae",
     "sam",
     "sam_hf",
