@@ -115,6 +115,7 @@ def test_finetune_preset_lowers_lr_and_needs_init_from() -> None:
         (["teachers.dinov2.weight=-1"], r"^teachers\.dinov2\.weight: must be a finite number >= 0"),
         (["teachers.mae.source=cloud"], r"^teachers\.mae\.source: 'cloud' is not one of 'tiny', 'hub'"),
         (["training.precision=fp16"], r"^training\.precision: 'fp16' is not one of"),
+        (["training.teacher_precision=fp16"], r"^training\.teacher_precision: 'fp16' is not one of"),
         (["+training.momentum=0.9"], r"^training\.momentum: unknown key"),
         (["+model.depth=3"], r"^model\.depth: unknown key"),
         (["+training.loss.focal=1"], r"^training\.loss\.focal: unknown key"),

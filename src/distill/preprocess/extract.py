@@ -41,6 +41,7 @@ from distill.features import TeacherOutput
 from distill.preprocess.background import background
 from distill.preprocess.cli import setup_logging
 from distill.teachers.base import Teacher
+from distill.teachers.precision import TEACHER_PRECISIONS, TeacherPrecision, check_precision, run_teacher
 from distill.teachers.registry import Source, get_entry, load_teacher
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class ExtractConfig:
     batch_size: int = 64
     device: str | None = None  # default: cuda:LOCAL_RANK when present, else cpu
     decode_threads: int = 1  # JPEG decoding threads feeding the teachers
+    precision: TeacherPrecision = (
+        "auto"  # auto: bf16 autocast on GPU, fp32 on CPU (distill.teachers.precision)
+    )
     overwrite: bool = False  # re-extract from scratch (deletes these teachers' shards of these splits)
     progress: bool = True
 
@@ -74,6 +78,7 @@ class ExtractConfig:
             raise ValueError(
                 f"batch_size ({self.batch_size}) and decode_threads ({self.decode_threads}) must be at least 1"
             )
+        check_precision(self.precision)
 
 
 @dataclass
@@ -397,7 +402,7 @@ def _run_tasks(
                         report.written += [str(p) for p in current.finish()]
                         report.shards_written += 1
                     current = _OpenShard(cfg, task)
-                outputs = {name: teachers[name](images) for name in task.pending}
+                outputs = {name: run_teacher(teachers[name], images, cfg.precision) for name in task.pending}
                 current.submit(writer, records, keys, outputs)
                 report.samples += len(keys)
                 bar.update(len(keys))
@@ -484,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when present, else cpu")
     parser.add_argument("--decode-threads", type=int, default=1, help="JPEG decoding threads")
+    parser.add_argument(
+        "--precision",
+        choices=TEACHER_PRECISIONS,
+        default="auto",
+        help="teacher forward pass: auto = bf16 autocast on GPU (TF32 for what stays fp32), fp32 on CPU; "
+        "fp32 = full fp32 everywhere (TF32 off)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="re-extract these teachers from scratch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -527,6 +539,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         batch_size=args.batch_size,
         device=args.device,
         decode_threads=args.decode_threads,
+        precision=check_precision(args.precision),
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from distill.models.config import StudentConfig
+from distill.teachers.precision import TeacherPrecision
 from distill.train.typed import ConfigError, build, require_non_negative, require_positive
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -46,6 +47,7 @@ class TrainingConfig:
     betas: tuple[float, float]
     grad_clip: float
     precision: Precision
+    teacher_precision: TeacherPrecision  # online teachers (distill.teachers.precision)
     compile: bool
     ema_decay: float | None
     val_every: int

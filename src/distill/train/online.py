@@ -31,6 +31,7 @@ from distill.distributed import DistContext
 from distill.features import TeacherOutput
 from distill.stats import FeatureStats, StatsAccumulator, StatsProvenance, merge_across_ranks
 from distill.teachers.base import Teacher
+from distill.teachers.precision import TeacherPrecision, run_teacher
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,21 @@ def _clone(out: TeacherOutput) -> TeacherOutput:
 class OnlineTargets:
     """Normalised targets of every online teacher for a batch of canonical-view images."""
 
-    def __init__(self, teachers: Mapping[str, Teacher], stats: Mapping[str, FeatureStats]) -> None:
+    def __init__(
+        self,
+        teachers: Mapping[str, Teacher],
+        stats: Mapping[str, FeatureStats],
+        precision: TeacherPrecision = "auto",
+    ) -> None:
         if set(teachers) != set(stats):
             raise ValueError(f"online teachers {sorted(teachers)} and their stats {sorted(stats)} differ")
         self.teachers = dict(teachers)
         self.stats = dict(stats)
+        self.precision = precision
 
     def __call__(self, images: torch.Tensor) -> dict[str, TeacherOutput]:
         return {
-            name: _clone(self.stats[name].normalize(teacher(images)))
+            name: _clone(self.stats[name].normalize(run_teacher(teacher, images, self.precision)))
             for name, teacher in self.teachers.items()
         }
 
@@ -157,12 +164,14 @@ def estimate_stats(
     images: Iterable[torch.Tensor],
     ctx: DistContext,
     provenance: Mapping[str, StatsProvenance] | None = None,
+    precision: TeacherPrecision = "auto",
 ) -> dict[str, FeatureStats]:
-    """Per-channel stats of each teacher's raw features over ``images``, merged over all ranks."""
+    """Per-channel stats of each teacher's raw features over ``images`` (in the precision training
+    runs them in), merged over all ranks."""
     accumulators = {name: StatsAccumulator(name) for name in teachers}
     for batch in images:
         for name, teacher in teachers.items():
-            accumulators[name].add(teacher(batch))
+            accumulators[name].add(run_teacher(teacher, batch, precision))
     merged: dict[str, FeatureStats] = {}
     for name, acc in accumulators.items():
         spec = teachers[name].spec
@@ -180,6 +189,7 @@ def resolve_online_stats(
     provenance: Mapping[str, StatsProvenance],
     fixed: Mapping[str, FeatureStats] | None = None,
     shipped_dir: Path = SHIPPED_STATS_DIR,
+    precision: TeacherPrecision = "auto",
 ) -> dict[str, FeatureStats]:
     """Stats for every online teacher, from a file or estimated (see the module docstring)."""
     fixed = fixed or {}
@@ -204,7 +214,7 @@ def resolve_online_stats(
             "training batches",
             sorted(missing),
         )
-        estimated = estimate_stats(missing, images, ctx, provenance)
+        estimated = estimate_stats(missing, images, ctx, provenance, precision)
         if ctx.is_main:
             for name, stats in estimated.items():
                 stats.save(run_dir / RUN_STATS_DIR / f"{name}.safetensors")

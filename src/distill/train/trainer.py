@@ -31,6 +31,7 @@ from distill.distributed import (
 from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
 from distill.models import Student, read_stats
+from distill.models.quantize import code_histogram, usage_metrics
 from distill.train import rng
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
 from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
@@ -118,10 +119,13 @@ class _Window:
     micro_batches: int = 0
     steps: int = 0
     seconds: float = 0.0
+    codes: torch.Tensor | None = None  # histogram of the quantiser's codes [codes, vocabulary]
 
-    def add(self, breakdown: LossBreakdown) -> None:
+    def add(self, breakdown: LossBreakdown, codes: torch.Tensor | None) -> None:
         for name, value in {"loss": breakdown.total.detach(), **breakdown.terms}.items():
             self.sums[name] = self.sums[name] + value.float() if name in self.sums else value.float()
+        if codes is not None:
+            self.codes = codes if self.codes is None else self.codes + codes
         self.micro_batches += 1
 
 
@@ -151,9 +155,10 @@ class Trainer:
                 ctx,
                 inputs.online_provenance,
                 inputs.fixed_stats,
+                precision=training.teacher_precision,
             )
             stats |= online_stats
-            self.online = OnlineTargets(teachers.online, online_stats)
+            self.online = OnlineTargets(teachers.online, online_stats, training.teacher_precision)
         self.stats = stats
 
         rng.seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -286,7 +291,8 @@ class Trainer:
             targets |= self.online(images)
         return targets
 
-    def _micro_step(self, batch: Batch, step: int, sync: bool) -> LossBreakdown:
+    def _micro_step(self, batch: Batch, step: int, sync: bool) -> tuple[LossBreakdown, torch.Tensor | None]:
+        """Forward and backward of one micro-batch: its loss terms and histogram of codes (with a quantiser)."""
         images = batch.images.to(self.ctx.device, non_blocking=True)
         targets = self.targets(batch, images)
         no_sync = getattr(self.model, "no_sync", None)
@@ -297,14 +303,17 @@ class Trainer:
             breakdown = distillation_loss(output, targets, images, self.loss_cfg)
             check_finite(breakdown, step, self.ctx.rank)
             (breakdown.total / self.cfg.training.grad_accum).backward()
-        return breakdown
+        quantizer = self.student.quantizer
+        if output.codes is None or quantizer is None:
+            return breakdown, None
+        return breakdown, code_histogram(output.codes.detach(), quantizer.vocabulary)
 
     def _optimizer_step(self, stream: Iterator[Batch], window: _Window) -> tuple[float, float | None]:
         """``grad_accum`` micro-batches, clip, step, EMA; returns (lr used, grad norm before clipping)."""
         training = self.cfg.training
         lr = self.schedule.apply(self.optimizer, self.step)
         for micro in range(training.grad_accum):
-            window.add(self._micro_step(next(stream), self.step + 1, sync=micro == training.grad_accum - 1))
+            window.add(*self._micro_step(next(stream), self.step + 1, sync=micro == training.grad_accum - 1))
         norm = check_gradients(self.student, self.step + 1, self.ctx.rank, training.grad_clip)
         grad_norm = norm if training.grad_clip > 0 else None
         self.optimizer.step()
@@ -356,6 +365,8 @@ class Trainer:
         record |= {name: float(means[i]) for i, name in enumerate(names)}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
+        if window.codes is not None:
+            record |= usage_metrics(all_reduce_sum(self.ctx, window.codes))
         return record
 
     def _calibration_images(self) -> Iterator[torch.Tensor]:

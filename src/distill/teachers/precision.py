@@ -1,0 +1,62 @@
+"""The precision teachers run in: bf16 autocast on GPU by default, fp32 on request.
+
+A frozen teacher's forward pass is most of extraction's and online training's GPU time, and
+bf16 halves it on tensor-core GPUs while keeping each token's direction (the per-token cosine
+to fp32 features is measured by ``tests/teachers/test_precision.py`` and ``benchmarks/gpu.py``).
+What autocast keeps in fp32 (norms, softmax, reductions) may use TF32 matmuls under bf16; the
+``fp32`` switch turns TF32 off too, for users who want features as the published fp32 model
+computes them. Features leave here as float32 whatever the precision, so everything downstream
+(quantisation, statistics, losses) sees one dtype. The switch is applied at the call sites
+(extraction, online targets) around ``teacher(images)``; no teacher family knows of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+import torch
+
+from distill.features import TeacherOutput
+from distill.teachers.base import Teacher
+
+TeacherPrecision = Literal["auto", "bf16", "fp32"]
+TEACHER_PRECISIONS: tuple[str, ...] = get_args(TeacherPrecision)
+
+
+def check_precision(value: str) -> TeacherPrecision:
+    if value not in TEACHER_PRECISIONS:
+        raise ValueError(f"teacher precision must be one of {', '.join(TEACHER_PRECISIONS)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def uses_bf16(precision: TeacherPrecision, device: torch.device) -> bool:
+    """``auto`` is bf16 on CUDA only: CPU bf16 is slower than fp32 on most CPUs."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+@contextmanager
+def teacher_precision(precision: TeacherPrecision, device: torch.device) -> Iterator[None]:
+    """bf16 autocast (TF32 allowed for what stays fp32) or strict fp32 (TF32 off), restored after."""
+    bf16 = uses_bf16(precision, device)
+    matmul = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if bf16 else "highest")
+    torch.backends.cudnn.allow_tf32 = bf16
+    try:
+        if bf16:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+def run_teacher(teacher: Teacher, images: torch.Tensor, precision: TeacherPrecision) -> TeacherOutput:
+    """``teacher(images)`` in ``precision``, features returned as float32."""
+    with teacher_precision(precision, teacher.device):
+        out = teacher(images)
+    return TeacherOutput(out.patch.float(), None if out.cls is None else out.cls.float())
