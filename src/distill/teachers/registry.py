@@ -35,6 +35,7 @@ FAMILY_MODULES = (
     "mae",
     "sam",
     "sam_hf",
+    "sam2",
     "depth_anything",
 )  # each registers its entries on import
 

@@ -71,23 +71,20 @@ def embedding_nchw(
     return x.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
 
 
-def predict_masks(
-    model: Sam,
+PromptArrays = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
+def check_prompts(
     spec: TeacherSpec,
-    features: torch.Tensor,
+    batch: int,
     points: torch.Tensor | np.ndarray | None,
     point_labels: torch.Tensor | np.ndarray | None,
     boxes: torch.Tensor | np.ndarray | None,
-    multimask: bool,
-    size: int,
-    return_logits: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks for one prompt set per embedding of ``features`` [B, C, h, w]; see ``SamTeacher.predict_masks``."""
-    batch = features.shape[0]
+) -> PromptArrays:
+    """One prompt set per image, checked: points [B, N, 2] float64, labels [B, N] (all 1 when omitted),
+    boxes [B, 4] float64; each None when not given."""
     if points is None and boxes is None:
         raise ValueError(f"teacher {spec.name!r}: predict_masks needs points and/or boxes as prompts")
-    # Prompts stay float64 numpy until SAM's own numpy transforms have mapped them to the model
-    # frame, exactly as SamPredictor.predict does (a float32 transform rounds differently).
     coords = labels = box_np = None
     if points is not None:
         coords = _as_numpy(points, np.float64)
@@ -102,7 +99,25 @@ def predict_masks(
         box_np = _as_numpy(boxes, np.float64)
         if box_np.shape != (batch, 4):
             raise ValueError(f"boxes must be [B={batch}, 4] XYXY pixels, got {box_np.shape}")
+    return coords, labels, box_np
 
+
+def predict_masks(
+    model: Sam,
+    spec: TeacherSpec,
+    features: torch.Tensor,
+    points: torch.Tensor | np.ndarray | None,
+    point_labels: torch.Tensor | np.ndarray | None,
+    boxes: torch.Tensor | np.ndarray | None,
+    multimask: bool,
+    size: int,
+    return_logits: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for one prompt set per embedding of ``features`` [B, C, h, w]; see ``SamTeacher.predict_masks``."""
+    batch = features.shape[0]
+    # Prompts stay float64 numpy until SAM's own numpy transforms have mapped them to the model
+    # frame, exactly as SamPredictor.predict does (a float32 transform rounds differently).
+    coords, labels, box_np = check_prompts(spec, batch, points, point_labels, boxes)
     predictor = _EmbeddingPredictor(model)
     transform, frame, device = predictor.transform, (size, size), features.device
     all_masks, all_scores = [], []
@@ -126,11 +141,8 @@ def predict_masks(
     return torch.stack(all_masks), torch.stack(all_scores)
 
 
-def automatic_masks(
-    model: Sam, features: torch.Tensor, image_size: int, settings: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """``SamAutomaticMaskGenerator(model, **settings)`` on one embedding [1, C, h, w] of a square
-    ``image_size`` view; see ``SamTeacher.automatic_masks``."""
+def check_hole_filling(settings: dict[str, Any]) -> None:
+    """``min_mask_region_area > 0`` runs segment-anything's hole filling, which needs OpenCV: say so up front."""
     if settings["min_mask_region_area"] > 0:
         try:
             import cv2  # noqa: F401
@@ -139,6 +151,14 @@ def automatic_masks(
                 "min_mask_region_area > 0 needs OpenCV (segment-anything's hole filling); "
                 "pip install opencv-python-headless, or pass min_mask_region_area=0"
             ) from exc
+
+
+def automatic_masks(
+    model: Sam, features: torch.Tensor, image_size: int, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``SamAutomaticMaskGenerator(model, **settings)`` on one embedding [1, C, h, w] of a square
+    ``image_size`` view; see ``SamTeacher.automatic_masks``."""
+    check_hole_filling(settings)
     generator = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **settings)
     predictor = _EmbeddingPredictor(model)
     predictor.embedding = features
