@@ -4,7 +4,8 @@ Per teacher ``t`` with weight ``w_t``::
 
     t/total = w_t * (patch_cos * t/patch_cos + patch_l1 * t/patch_l1 + cls_cos * t/cls_cos)
 
-and ``pixels/total = pixel_mse * pixels/mse / pixel_scale``; the loss is the sum of the totals. A weight of zero
+and ``pixels/total = pixel_mse * pixels/mse / pixel_scale``; with a VQ quantiser
+``quantizer/total = commit * quantizer/commit`` (the commitment loss); the loss is the sum of the totals. A weight of zero
 drops the term from the graph entirely (its head gets no gradient, and a NaN there cannot poison
 the total); its raw value is still reported for logging.
 """
@@ -39,6 +40,7 @@ class LossConfig:
     # so the pixel term starts near 1 like a teacher term instead of ~0.005 on mostly static frames.
     pixel_scale: float = 1.0
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
+    commit: float = 0.25  # VQ commitment loss weight (beta of van den Oord et al.), pulls z to its codes
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
 
     def __post_init__(self) -> None:
@@ -47,6 +49,7 @@ class LossConfig:
             "patch_l1": self.patch_l1,
             "cls_cos": self.cls_cos,
             "pixel_mse": self.pixel_mse,
+            "commit": self.commit,
         }
         named |= {f"teacher_weights[{name!r}]": weight for name, weight in self.teacher_weights.items()}
         for name, value in named.items():
@@ -66,7 +69,8 @@ class LossBreakdown:
     """``total`` carries the graph; ``terms`` are detached values for logging and checks.
 
     Term names: ``<teacher>/patch_cos``, ``<teacher>/patch_l1``, ``<teacher>/cls_cos`` (raw, unweighted),
-    ``<teacher>/total`` (weighted contribution), ``pixels/mse``, ``pixels/total``.
+    ``<teacher>/total`` (weighted contribution), ``pixels/mse``, ``pixels/total``, ``quantizer/commit``,
+    ``quantizer/total``.
     """
 
     total: torch.Tensor
@@ -128,6 +132,13 @@ def distillation_loss(
             mse = pixel_mse(output.pixels, images)
         total = _weighted_sum({"mse": mse}, {"mse": cfg.pixel_mse}, scale=1.0 / cfg.pixel_scale)
         terms["pixels/mse"], terms["pixels/total"] = mse.detach(), _report(total, output.pixels)
+        if total is not None:
+            totals.append(total)
+
+    if output.commit is not None:
+        commit = output.commit.float()
+        total = _weighted_sum({"commit": commit}, {"commit": cfg.commit}, scale=1.0)
+        terms["quantizer/commit"], terms["quantizer/total"] = commit.detach(), _report(total, commit)
         if total is not None:
             totals.append(total)
 

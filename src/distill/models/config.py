@@ -11,6 +11,7 @@ from distill.models.presets import PRESET_FIELDS, BackboneSize, get_preset
 Bottleneck = Literal["cls", "none"]
 HeadKind = Literal["mlp", "conv"]
 ZNorm = Literal["batch", "none"]
+QuantizerKind = Literal["none", "fsq", "vq"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +35,17 @@ class StudentConfig:
     bottleneck: Bottleneck = "cls"
     d_z: int  # width of the compact representation z
     z_norm: ZNorm = "batch"  # z standardised over the batch (models/znorm.py) | none
+    # z as integer codes (models/quantize.py), after z_norm: none | fsq | vq. Each code covers
+    # len(fsq_levels) (fsq) or vq_code_dim (vq) consecutive dimensions of z, which d_z must be a multiple of.
+    quantizer: QuantizerKind = "none"
+    fsq_levels: tuple[int, ...] = (
+        8,
+        5,
+        5,
+        5,
+    )  # fsq: levels of each dimension of a code (vocabulary: their product)
+    vq_codebook_size: int = 512  # vq: vectors in each code's codebook (the vocabulary)
+    vq_code_dim: int = 8  # vq: dimensions of z per code
     # Token decoder (bottleneck="cls" only; "none" has no decoder and refuses decoder_dim/decoder_heads,
     # while decoder_depth keeps whatever the model preset says and is not read).
     decoder_dim: int | None = None  # token decoder width; None = backbone width
@@ -52,6 +64,7 @@ class StudentConfig:
             raise ValueError(f"bottleneck must be one of {get_args(Bottleneck)}, got {self.bottleneck!r}")
         if self.z_norm not in get_args(ZNorm):
             raise ValueError(f"z_norm must be one of {get_args(ZNorm)}, got {self.z_norm!r}")
+        self._check_quantizer()
         if self.head not in get_args(HeadKind):
             raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
         if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
@@ -96,6 +109,28 @@ class StudentConfig:
         if not self.teachers and not self.pixel_head:
             raise ValueError(
                 "the student predicts nothing: give it at least one teacher or enable pixel_head"
+            )
+
+    def _check_quantizer(self) -> None:
+        object.__setattr__(self, "fsq_levels", tuple(int(level) for level in self.fsq_levels))
+        if self.quantizer not in get_args(QuantizerKind):
+            raise ValueError(f"quantizer must be one of {get_args(QuantizerKind)}, got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or min(self.fsq_levels) < 2:
+                raise ValueError(f"fsq_levels must be one or more levels >= 2, got {list(self.fsq_levels)}")
+            width, what = len(self.fsq_levels), f"len(fsq_levels)={len(self.fsq_levels)}"
+        elif self.quantizer == "vq":
+            if self.vq_codebook_size < 2 or self.vq_code_dim < 1:
+                raise ValueError(
+                    f"vq_codebook_size must be >= 2 and vq_code_dim >= 1, got {self.vq_codebook_size}, {self.vq_code_dim}"
+                )
+            width, what = self.vq_code_dim, f"vq_code_dim={self.vq_code_dim}"
+        else:
+            return
+        if self.d_z % width:
+            raise ValueError(
+                f"quantizer={self.quantizer}: d_z={self.d_z} is not a multiple of {what} (the dimensions per code); "
+                "change d_z or the code width"
             )
 
     @classmethod

@@ -24,6 +24,7 @@ from distill.models.config import StudentConfig
 from distill.models.decoder import TokenDecoder, ZProjection
 from distill.models.heads import TeacherHead
 from distill.models.pixel_head import PixelHead
+from distill.models.quantize import Quantized, Quantizer, build_quantizer
 from distill.stats import FeatureStats
 
 
@@ -33,12 +34,15 @@ class StudentOutput:
 
     ``features`` are in the stats-normalised space the losses use (or the teacher's raw space
     after ``predict(..., denormalize=True)``); ``pixels`` is [B, 3, H, W] in [0, 1] image space,
-    unclamped, or None without a pixel head.
+    unclamped, or None without a pixel head. With a quantiser, ``z`` is the quantised z, ``codes`` its
+    integer codes and ``commit`` the VQ commitment loss (None otherwise).
     """
 
     z: torch.Tensor
     features: dict[str, TeacherOutput]
     pixels: torch.Tensor | None
+    codes: torch.Tensor | None = None
+    commit: torch.Tensor | None = None
 
 
 class Student(nn.Module):
@@ -61,6 +65,7 @@ class Student(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
         self.to_z = ZProjection(width, config.d_z, config.z_norm)
+        self.quantizer: Quantizer | None = build_quantizer(config)
         self.decoder: TokenDecoder | None = None
         grid_dim = width
         if config.bottleneck == "cls":
@@ -101,9 +106,31 @@ class Student(nn.Module):
             pixel_values=self.normalize(images), interpolate_pos_encoding=True
         ).last_hidden_state
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run)."""
-        return self.to_z(self.backbone_tokens(images)[:, 0])
+    def encode(self, images: torch.Tensor, codes: bool = False) -> torch.Tensor:
+        """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run).
+
+        With a quantiser z is the quantised z, and ``codes=True`` gives its integer codes [B, codes] instead.
+        """
+        z, quantized = self._project(self.backbone_tokens(images)[:, 0])
+        if not codes:
+            return z
+        if quantized is None:
+            raise ValueError("this student has no quantiser (model.quantizer=none): it has no codes")
+        return quantized.codes
+
+    def _project(self, cls_token: torch.Tensor) -> tuple[torch.Tensor, Quantized | None]:
+        """Backbone CLS -> (z, its quantisation or None); z is the quantised z when there is one."""
+        z = self.to_z(cls_token)
+        if self.quantizer is None:
+            return z, None
+        quantized = self.quantizer(z)
+        return quantized.z, quantized
+
+    def codes_to_z(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes [B, codes] -> the quantised z [B, d_z] they stand for (exactly what ``encode`` gives)."""
+        if self.quantizer is None:
+            raise ValueError("this student has no quantiser (model.quantizer=none): codes mean nothing to it")
+        return self.quantizer.decode(codes.to(self.device))
 
     @torch.no_grad()
     def recalibrate_z(self, batches: Iterable[torch.Tensor]) -> int:
@@ -122,7 +149,7 @@ class Student(nn.Module):
         try:
             with norm.recalibrating():
                 for images in batches:
-                    self.encode(images)
+                    self.to_z(self.backbone_tokens(images)[:, 0])  # not the quantiser: no codebook update
                     seen += images.shape[0]
         finally:
             self.train(was_training)
@@ -154,16 +181,21 @@ class Student(nn.Module):
     def forward(self, images: torch.Tensor) -> StudentOutput:
         """Images [B, 3, H, W] (uint8 or float [0, 1], H and W multiples of the patch size) -> all predictions."""
         tokens = self.backbone_tokens(images)
-        z = self.to_z(tokens[:, 0])
+        z, quantized = self._project(tokens[:, 0])
         grid = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
         if self.decoder is not None:
-            return self._heads(z, self.decoder(z, grid))
-        return self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
+            out = self._heads(z, self.decoder(z, grid))
+        else:
+            out = self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
+        if quantized is not None:
+            out.codes, out.commit = quantized.codes, quantized.commit
+        return out
 
     def predict(
         self, z: torch.Tensor, image_size: tuple[int, int] | int | None = None, denormalize: bool = False
     ) -> StudentOutput:
-        """z [B, d_z] -> every teacher's features and the pixels, from z alone.
+        """z [B, d_z] (or, with a quantiser, integer codes [B, codes]) -> every teacher's features and
+        the pixels, from z alone.
 
         ``image_size`` sets the rebuilt grid (and pixel resolution; default: the training size).
         ``denormalize=True`` maps features into each teacher's raw space with the saved stats, as
@@ -174,6 +206,8 @@ class Student(nn.Module):
                 "predict(z) needs the CLS bottleneck: this student has bottleneck='none', so its heads read "
                 "the backbone's patch tokens and z alone does not determine them; call student(images) instead"
             )
+        if not z.is_floating_point():
+            z = self.codes_to_z(z)
         if z.ndim != 2 or z.shape[1] != self.config.d_z:
             raise ValueError(f"z must be [B, {self.config.d_z}], got {tuple(z.shape)}")
         size = image_size if image_size is not None else self.config.image_size

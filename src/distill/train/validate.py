@@ -1,4 +1,5 @@
-"""Validation: per-teacher cosine and loss, pixel PSNR, averaged over every sample of the val split.
+"""Validation: per-teacher cosine and loss, pixel PSNR, averaged over every sample of the val split,
+and with a quantiser the codebook use over the whole split (``codes/perplexity``, ``codes/dead``).
 
 Each rank sums per-sample values over its share of the split; one all-reduce of the sums and the
 sample count gives exact means over the whole split (a mean of per-rank means would weigh ranks
@@ -20,6 +21,7 @@ from distill.distributed import DistContext, all_reduce_sum
 from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models.config import StudentConfig
+from distill.models.quantize import code_histogram, code_layout, usage_metrics
 
 TargetFn = Callable[[Batch, torch.Tensor], dict[str, TeacherOutput]]  # (batch, images on device) -> targets
 
@@ -63,6 +65,8 @@ def evaluate(
     names = metric_names(config)
     index = {name: i for i, name in enumerate(names)}
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+    layout = code_layout(config)
+    codes = None if layout is None else torch.zeros(layout, dtype=torch.float64)
     was_training = model.training
     model.eval()
     try:
@@ -89,6 +93,8 @@ def evaluate(
                 add["pixels/mse"] = breakdown.terms["pixels/mse"].float() * size
             for name, value in add.items():
                 sums[index[name]] += float(value)
+            if codes is not None and output.codes is not None:
+                codes += code_histogram(output.codes, codes.shape[1]).cpu()
             sums[-1] += size
     finally:
         model.train(was_training)
@@ -96,4 +102,7 @@ def evaluate(
     count = float(sums[-1])
     if count == 0:
         raise RuntimeError("the validation split gave no samples on any rank; check dataset.val_split")
-    return {name: float(sums[i]) / count for name, i in index.items()}
+    metrics = {name: float(sums[i]) / count for name, i in index.items()}
+    if codes is not None:
+        metrics |= usage_metrics(all_reduce_sum(ctx, codes))
+    return metrics

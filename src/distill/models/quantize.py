@@ -1,0 +1,211 @@
+"""Discrete z: finite scalar quantisation (FSQ) or a learned codebook (VQ) on the student's z.
+
+z [B, d_z] is cut into ``codes`` groups of ``code_dim`` consecutive dimensions and each group becomes
+one integer of a vocabulary of ``vocabulary`` values, so a frame is ``codes`` integers, i.e.
+``codes * log2(vocabulary)`` bits. The quantised z the decoder reads is a function of the codes alone
+(:meth:`Quantizer.decode`): its forward value is exactly ``decode(codes)``, bit for bit, and its
+gradient passes straight through to the continuous z (``q + (x - x.detach())`` is ``q`` exactly in
+the forward pass, where the textbook ``x + (q - x).detach()`` is only ``q`` up to rounding).
+
+Both sit after z batch norm (``z_norm="batch"``), which gives every dimension zero mean and unit
+variance over the batch: FSQ's tanh then spreads a dimension over all its levels from the first
+step, and VQ's codebook starts in the right place (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from distill.models.config import StudentConfig
+from distill.models.znorm import _global_sum
+
+VQ_DECAY = 0.95  # EMA of the codebook statistics: ~20 steps, so short runs track a moving encoder
+# A code whose EMA share of the assignments falls below this fraction of the uniform share 1/K
+# is restarted on a random z of the current batch (Jukebox / SoundStream dead-code restarts).
+VQ_DEAD_SHARE = 1.0 / 16
+
+
+@dataclass
+class Quantized:
+    z: torch.Tensor  # float32 [B, d_z]: forward value exactly decode(codes), gradient straight-through
+    codes: torch.Tensor  # int64 [B, codes]
+    commit: torch.Tensor | None  # VQ commitment loss ||x - sg(q)||^2 (scalar); None for FSQ
+
+
+class Quantizer(nn.Module):
+    """The interface of both quantisers: z -> :class:`Quantized`, codes -> quantised z."""
+
+    def __init__(self, d_z: int, code_dim: int, vocabulary: int) -> None:
+        super().__init__()
+        if d_z % code_dim:
+            raise ValueError(f"d_z {d_z} is not a multiple of the code width {code_dim}")
+        self.d_z, self.code_dim, self.codes, self.vocabulary = d_z, code_dim, d_z // code_dim, vocabulary
+
+    @property
+    def bits_per_frame(self) -> float:
+        return self.codes * math.log2(self.vocabulary)
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        if codes.ndim != 2 or codes.shape[1] != self.codes or codes.is_floating_point():
+            raise ValueError(
+                f"codes must be integers [B, {self.codes}], got {codes.dtype} {tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocabulary):
+            raise ValueError(
+                f"codes must lie in [0, {self.vocabulary}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes [B, codes] -> the quantised z [B, d_z] (float32)."""
+        raise NotImplementedError
+
+    def table(self) -> torch.Tensor:
+        """Every code's values: [codes, vocabulary, code_dim] (what a world model over codes rolls out with)."""
+        every = torch.arange(self.vocabulary, device=self._device()).expand(self.codes, -1).T
+        return self.decode(every).reshape(self.vocabulary, self.codes, self.code_dim).transpose(0, 1)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.buffers())).device
+
+
+class FiniteScalarQuantizer(Quantizer):
+    """FSQ (Mentzer et al. 2023): each dimension squashed by tanh into [-1, 1] and rounded to L levels.
+
+    No parameters and no codebook to collapse; a code is the mixed-radix number of its group's levels.
+    """
+
+    levels: torch.Tensor
+    radix: torch.Tensor
+
+    def __init__(self, d_z: int, levels: tuple[int, ...]) -> None:
+        super().__init__(d_z, len(levels), math.prod(levels))
+        radix = [math.prod(levels[:i]) for i in range(len(levels))]
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float32), persistent=False)
+        self.register_buffer("radix", torch.tensor(radix, dtype=torch.int64), persistent=False)
+
+    def _values(self, index: torch.Tensor) -> torch.Tensor:
+        """Level indices 0..L-1 -> values in [-1, 1] (one formula for encode and decode: equal bits)."""
+        return index * 2 / (self.levels - 1) - 1
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        x = torch.tanh(z.float()).reshape(z.shape[0], self.codes, self.code_dim)
+        index = torch.round((x.detach() + 1) * (self.levels - 1) / 2)
+        quantised = self._values(index) + (x - x.detach())
+        codes = (index.long() * self.radix).sum(-1)
+        return Quantized(quantised.reshape(z.shape[0], self.d_z), codes, None)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        self.check_codes(codes)
+        digits = (codes.to(self.radix.device)[..., None] // self.radix) % self.levels.long()
+        return self._values(digits.float()).reshape(codes.shape[0], self.d_z)
+
+
+class VectorQuantizer(Quantizer):
+    """VQ with one codebook of ``vocabulary`` vectors per group, learned by EMA, with dead-code restarts.
+
+    The codebook is a buffer updated in training-mode forwards from the batch's assignments
+    (counts and sums summed over ranks, so every rank keeps the same codebook); only the
+    commitment loss trains the encoder towards it. Counts and sums both start at zero, so their
+    ratio is the plain mean of the assigned vectors from the first update on (no start-up bias).
+    Codes whose usage decays below ``VQ_DEAD_SHARE / vocabulary`` (every code at the first step)
+    are moved onto random z's of the batch (rank 0's, broadcast).
+    """
+
+    codebook: torch.Tensor
+    counts: torch.Tensor
+    sums: torch.Tensor
+
+    def __init__(self, d_z: int, code_dim: int, vocabulary: int) -> None:
+        super().__init__(d_z, code_dim, vocabulary)
+        self.register_buffer("codebook", torch.randn(self.codes, vocabulary, code_dim))
+        self.register_buffer("counts", torch.zeros(self.codes, vocabulary))  # EMA assignments per step
+        self.register_buffer("sums", torch.zeros(self.codes, vocabulary, code_dim))  # EMA assigned sums
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        x = z.float().reshape(z.shape[0], self.codes, self.code_dim)
+        distances = torch.cdist(x.detach().transpose(0, 1), self.codebook)  # [codes, B, vocabulary]
+        codes = distances.argmin(-1).T  # [B, codes]
+        quantised = self._lookup(codes)
+        commit = F.mse_loss(x, quantised)
+        if self.training and torch.is_grad_enabled():
+            self._update(x.detach(), codes)
+        return Quantized((quantised + (x - x.detach())).reshape(z.shape[0], self.d_z), codes, commit)
+
+    def _lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, codes] -> codebook vectors [B, codes, code_dim] (a copy)."""
+        return self.codebook[torch.arange(self.codes, device=codes.device), codes]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        self.check_codes(codes)
+        return self._lookup(codes.to(self.codebook.device)).reshape(codes.shape[0], self.d_z)
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        onehot = F.one_hot(codes, self.vocabulary).float()  # [B, codes, vocabulary]
+        counts = _global_sum(onehot.sum(0))
+        sums = _global_sum(torch.einsum("bgk,bgd->gkd", onehot, x))
+        self.counts.lerp_(counts, 1 - VQ_DECAY)
+        self.sums.lerp_(sums, 1 - VQ_DECAY)
+        used = self.counts > 0
+        means = self.sums / self.counts.clamp_min(1e-12)[..., None]
+        self.codebook.copy_(torch.where(used[..., None], means, self.codebook))
+        per_step = counts.sum(-1, keepdim=True)  # assignments per group this step, all ranks
+        dead = self.counts < VQ_DEAD_SHARE * per_step / self.vocabulary
+        if bool(dead.any()):
+            self._restart(dead, x, per_step / self.vocabulary)
+
+    def _restart(self, dead: torch.Tensor, x: torch.Tensor, uniform: torch.Tensor) -> None:
+        """Dead codes -> random rows of the batch, with the usage of a uniformly used code."""
+        picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
+        group = dead.nonzero()[:, 0]
+        fresh = x[picks, group]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(fresh, src=0)
+        counts = uniform.expand_as(self.counts)[dead]
+        self.codebook[dead] = fresh
+        self.counts[dead] = counts
+        self.sums[dead] = fresh * counts[:, None]
+
+
+def build_quantizer(config: StudentConfig) -> Quantizer | None:
+    """The quantiser ``config.quantizer`` names (None for ``"none"``)."""
+    if config.quantizer == "fsq":
+        return FiniteScalarQuantizer(config.d_z, config.fsq_levels)
+    if config.quantizer == "vq":
+        return VectorQuantizer(config.d_z, config.vq_code_dim, config.vq_codebook_size)
+    return None
+
+
+def code_layout(config: StudentConfig) -> tuple[int, int] | None:
+    """(codes per frame, vocabulary) of the config's quantiser; None without one."""
+    if config.quantizer == "fsq":
+        return config.d_z // len(config.fsq_levels), math.prod(config.fsq_levels)
+    if config.quantizer == "vq":
+        return config.d_z // config.vq_code_dim, config.vq_codebook_size
+    return None
+
+
+def code_histogram(codes: torch.Tensor, vocabulary: int) -> torch.Tensor:
+    """int codes [B, codes] -> float64 counts [codes, vocabulary] (summed over batches and ranks)."""
+    onehot = F.one_hot(codes.long(), vocabulary).to(torch.float64)
+    return onehot.sum(0)
+
+
+def usage_metrics(histogram: torch.Tensor) -> dict[str, float]:
+    """Codebook use from counts [codes, vocabulary]: the mean per-group perplexity (exp of the code
+    entropy; ``vocabulary`` when every code is equally used) and the fraction of codes never used."""
+    totals = histogram.sum(-1, keepdim=True)
+    if not bool((totals > 0).all()):
+        raise ValueError("code usage needs at least one frame")
+    p = histogram / totals
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    return {
+        "codes/perplexity": float(entropy.exp().mean()),
+        "codes/dead": float((histogram == 0).double().mean()),
+    }
