@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +35,13 @@ def write_frames_dataset(root: Path, frames: tuple[int, ...] = FRAMES) -> Path:
     return dataset
 
 
-def save_tiny_student(directory: Path, seed: int = 0) -> Student:
-    """A random-init tiny student of the tiny DINOv2 teacher (PCA-decodable) saved as a checkpoint."""
+def save_tiny_student(directory: Path, seed: int = 0, **overrides: Any) -> Student:
+    """A random-init tiny student of the tiny DINOv2 teacher (PCA-decodable) saved as a checkpoint;
+    ``overrides`` are further StudentConfig fields (a quantiser)."""
     spec = load_teacher("dinov2", "tiny").spec
-    config = StudentConfig.from_preset("tiny", {"dinov2": spec}, image_size=SIZE, patch_size=8, d_z=8)
+    config = StudentConfig.from_preset(
+        "tiny", {"dinov2": spec}, image_size=SIZE, patch_size=8, d_z=8, **overrides
+    )
     torch.manual_seed(seed)
     model = Student(config, load_pretrained=False).eval()
     assert spec.cls_channels is not None

@@ -37,6 +37,7 @@ class LatentBatch:
     z: torch.Tensor  # float32 [B, T, d_z]
     frame_indices: torch.Tensor  # int64 [B, T], the window frames' indices in the source videos
     arrays: dict[str, torch.Tensor]  # name -> float32 [B, T, frame_skip * K]
+    codes: torch.Tensor | None = None  # int64 [B, T, codes] when the latents carry codes
 
 
 class LatentClips:
@@ -70,6 +71,11 @@ class LatentClips:
         self.videos: list[VideoLatents] = []
         for video_id, frames in self.manifest.videos(split, self.root):
             video = read_video_latents(video_path(self.root, split, video_id), fingerprint)
+            if (video.codes is None) == bool(self.manifest.checkpoint.codes):
+                raise ValueError(
+                    f"{video_path(self.root, split, video_id)}: codes {'missing' if video.codes is None else 'present'}, "
+                    f"the manifest says {self.manifest.checkpoint.codes} per frame; rerun distill-encode --overwrite"
+                )
             if video.video_id != video_id or video.frames != frames:
                 raise ValueError(
                     f"{video_path(self.root, split, video_id)}: holds {video.video_id!r} with {video.frames} "
@@ -100,6 +106,7 @@ class LatentClips:
         """The windows at these positions of :attr:`index`, stacked."""
         k, steps = self.skip, torch.arange(self.length) * self.skip
         zs: list[torch.Tensor] = []
+        codes: list[torch.Tensor] = []
         frames: list[torch.Tensor] = []
         arrays: dict[str, list[torch.Tensor]] = {name: [] for name in self.array_names}
         ids, starts = [], []
@@ -108,6 +115,8 @@ class LatentClips:
             video = self.videos[v]
             positions = start + steps
             zs.append(video.z[positions])
+            if video.codes is not None:
+                codes.append(video.codes[positions])
             frames.append(video.frame_indices[positions])
             for name in self.array_names:
                 rows = video.arrays[name][start : start + self.length * k]
@@ -120,6 +129,7 @@ class LatentClips:
             torch.stack(zs).float(),
             torch.stack(frames),
             {name: torch.stack(rows).float() for name, rows in arrays.items()},
+            torch.stack(codes) if codes else None,
         )
 
     def batches(

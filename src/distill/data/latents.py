@@ -1,9 +1,11 @@
-"""The latent dataset format: per video ``z [T, d_z]`` with frame indices, timestamps and per-frame arrays.
+"""The latent dataset format: per video ``z [T, d_z]`` (and, from a student with a quantiser, its integer
+``codes [T, n]``) with frame indices, timestamps and per-frame arrays.
 
 ``distill.encode`` writes it, :class:`distill.data.latent_clips.LatentClips` and the world model read it::
 
     <latents>/latents.json                       manifest: the student checkpoint, splits, videos in order
-    <latents>/<split>/<video_id>.safetensors     z, frame_index, timestamp, arrays.<name> of one video
+    <latents>/<split>/<video_id>.safetensors     z, frame_index, timestamp, arrays.<name> (, codes) of one video
+    <latents>/code_table.safetensors             with codes: every code's z values [codes, vocabulary, d_z / codes]
 
 A video file is complete when it exists under its final name (written atomically) and names the
 checkpoint fingerprint it was encoded with in its metadata; readers refuse files of another checkpoint,
@@ -27,8 +29,10 @@ from distill.io import atomic_path, atomic_write_text
 FORMAT = "distill-latents"
 VERSION = 1
 MANIFEST_NAME = "latents.json"
+TABLE_NAME = "code_table.safetensors"
 ARRAY_PREFIX = "arrays."
 FIXED_TENSORS = ("z", "frame_index", "timestamp")
+CODES = "codes"  # int64 [T, codes], present exactly when the checkpoint has a quantiser
 
 
 def _sha256(path: Path) -> str:
@@ -41,13 +45,16 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    """Which student checkpoint the z's came from: its folder, the hashes of its config and weights."""
+    """Which student checkpoint the z's came from: its folder, the hashes of its config and weights,
+    and with a quantiser its codes per frame and vocabulary (0 and 0 for continuous z)."""
 
     path: str
     config_sha256: str
     weights_sha256: str
     d_z: int
     image_size: int
+    codes: int = 0
+    vocabulary: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -55,14 +62,18 @@ class CheckpointRef:
         return f"{self.config_sha256[:16]}-{self.weights_sha256[:16]}"
 
     @classmethod
-    def of(cls, checkpoint: Path | str, d_z: int, image_size: int) -> CheckpointRef:
+    def of(
+        cls, checkpoint: Path | str, d_z: int, image_size: int, codes: int = 0, vocabulary: int = 0
+    ) -> CheckpointRef:
         """Hash ``config.json`` and ``model.safetensors`` of a student checkpoint folder."""
         folder = Path(checkpoint)
         files = [folder / "config.json", folder / "model.safetensors"]
         for path in files:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: {folder} is not a student checkpoint folder")
-        return cls(str(folder.resolve()), _sha256(files[0]), _sha256(files[1]), d_z, image_size)
+        return cls(
+            str(folder.resolve()), _sha256(files[0]), _sha256(files[1]), d_z, image_size, codes, vocabulary
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +82,8 @@ class CheckpointRef:
             "weights_sha256": self.weights_sha256,
             "d_z": self.d_z,
             "image_size": self.image_size,
+            "codes": self.codes,
+            "vocabulary": self.vocabulary,
         }
 
     @classmethod
@@ -81,6 +94,8 @@ class CheckpointRef:
             str(data["weights_sha256"]),
             int(data["d_z"]),
             int(data["image_size"]),
+            int(data.get("codes", 0)),  # written before quantisers existed: continuous z
+            int(data.get("vocabulary", 0)),
         )
 
 
@@ -93,6 +108,7 @@ class VideoLatents:
     frame_indices: torch.Tensor  # int64 [T], decode-order indices in the source video, increasing
     timestamps: torch.Tensor  # float64 [T], seconds
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> float64 [T, K]
+    codes: torch.Tensor | None = None  # int64 [T, codes] from a student with a quantiser
 
     def __post_init__(self) -> None:
         frames = self.z.shape[0]
@@ -100,6 +116,7 @@ class VideoLatents:
             "frame_index": self.frame_indices.shape[0],
             "timestamp": self.timestamps.shape[0],
             **{f"{ARRAY_PREFIX}{n}": a.shape[0] for n, a in self.arrays.items()},
+            **({} if self.codes is None else {CODES: self.codes.shape[0]}),
         }
         if self.z.ndim != 2 or frames == 0 or any(n != frames for n in lengths.values()):
             raise ValueError(
@@ -107,6 +124,8 @@ class VideoLatents:
             )
         if any(a.ndim != 2 for a in self.arrays.values()):
             raise ValueError(f"video {self.video_id!r}: arrays must be [T, K]")
+        if self.codes is not None and (self.codes.ndim != 2 or self.codes.is_floating_point()):
+            raise ValueError(f"video {self.video_id!r}: codes must be integers [T, codes]")
 
     @property
     def frames(self) -> int:
@@ -124,6 +143,7 @@ def write_video_latents(path: Path, video: VideoLatents, split: str, fingerprint
         "frame_index": video.frame_indices.long().contiguous(),
         "timestamp": video.timestamps.double().contiguous(),
         **{f"{ARRAY_PREFIX}{n}": a.double().contiguous() for n, a in video.arrays.items()},
+        **({} if video.codes is None else {CODES: video.codes.long().contiguous()}),
     }
     metadata = {
         "format": FORMAT,
@@ -136,6 +156,37 @@ def write_video_latents(path: Path, video: VideoLatents, split: str, fingerprint
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def write_code_table(root: Path | str, table: torch.Tensor, fingerprint: str) -> None:
+    """The z values of every code (``Quantizer.table()``), so a model over codes can turn them back into z."""
+    with atomic_path(Path(root) / TABLE_NAME) as tmp:
+        save_file(
+            {"table": table.float().contiguous()},
+            str(tmp),
+            metadata={"format": FORMAT, "version": str(VERSION), "checkpoint": fingerprint},
+        )
+
+
+def read_code_table(root: Path | str, ref: CheckpointRef) -> torch.Tensor:
+    """[codes, vocabulary, d_z / codes] of the latents' checkpoint; refused when it is another's or misshapen."""
+    path = Path(root) / TABLE_NAME
+    if not ref.codes:
+        raise ValueError(
+            f"{root} holds continuous z only: encode it with a student trained with model.quantizer=fsq|vq"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: rerun distill-encode --overwrite on {root}")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        table = handle.get_tensor("table")
+    expected = (ref.codes, ref.vocabulary, ref.d_z // ref.codes)
+    if meta.get("checkpoint") != ref.fingerprint or tuple(table.shape) != expected:
+        raise ValueError(
+            f"{path}: a table {tuple(table.shape)} of checkpoint {meta.get('checkpoint')}, the manifest says "
+            f"{expected} of {ref.fingerprint}; rerun distill-encode --overwrite"
+        )
+    return table
+
+
 @dataclass(frozen=True)
 class VideoHeader:
     video_id: str
@@ -143,6 +194,7 @@ class VideoHeader:
     checkpoint: str
     frames: int
     arrays: dict[str, int]  # name -> K
+    codes: int = 0  # codes per frame (0: no codes tensor)
 
 
 def read_header(path: Path) -> VideoHeader:
@@ -155,12 +207,15 @@ def read_header(path: Path) -> VideoHeader:
         raise ValueError(f"{path}: unreadable latent file ({exc}); rerun distill-encode, it resumes") from exc
     if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
         raise ValueError(f"{path}: not a {FORMAT} v{VERSION} file (metadata {meta})")
-    unknown = [n for n in shapes if n not in FIXED_TENSORS and not n.startswith(ARRAY_PREFIX)]
+    unknown = [n for n in shapes if n not in (*FIXED_TENSORS, CODES) and not n.startswith(ARRAY_PREFIX)]
     missing = [n for n in FIXED_TENSORS if n not in shapes]
     if unknown or missing:
         raise ValueError(f"{path}: unexpected tensors {unknown}, missing {missing}; re-encode it")
     arrays = {n[len(ARRAY_PREFIX) :]: int(s[1]) for n, s in shapes.items() if n.startswith(ARRAY_PREFIX)}
-    return VideoHeader(meta["video_id"], meta["split"], meta["checkpoint"], int(shapes["z"][0]), arrays)
+    codes = int(shapes[CODES][1]) if CODES in shapes else 0
+    return VideoHeader(
+        meta["video_id"], meta["split"], meta["checkpoint"], int(shapes["z"][0]), arrays, codes
+    )
 
 
 def read_video_latents(path: Path, fingerprint: str) -> VideoLatents:
@@ -174,7 +229,14 @@ def read_video_latents(path: Path, fingerprint: str) -> VideoLatents:
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     arrays = {n[len(ARRAY_PREFIX) :]: t for n, t in tensors.items() if n.startswith(ARRAY_PREFIX)}
-    return VideoLatents(header.video_id, tensors["z"], tensors["frame_index"], tensors["timestamp"], arrays)
+    return VideoLatents(
+        header.video_id,
+        tensors["z"],
+        tensors["frame_index"],
+        tensors["timestamp"],
+        arrays,
+        tensors.get(CODES),
+    )
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ from distill.data.latents import (
     read_header,
     save_latent_manifest,
     video_path,
+    write_code_table,
     write_video_latents,
 )
 from distill.data.manifest import load_manifest
+from distill.models.quantize import code_layout
 from distill.models.student import Student
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ def encode_latents(cfg: EncodeConfig) -> EncodeReport:
     """Load the student on this rank's device and encode; see the module docstring."""
     info = dist.current(cfg.device)
     model = Student.from_pretrained(cfg.checkpoint, device=info.device)
-    ref = CheckpointRef.of(cfg.checkpoint, model.config.d_z, model.config.image_size)
+    codes, vocabulary = code_layout(model.config) or (0, 0)
+    ref = CheckpointRef.of(cfg.checkpoint, model.config.d_z, model.config.image_size, codes, vocabulary)
     return run_encoding(cfg, model, ref, info)
 
 
@@ -84,6 +87,12 @@ def run_encoding(
     cfg: EncodeConfig, model: Student, ref: CheckpointRef, info: dist.DistContext
 ) -> EncodeReport:
     """Encode with an already loaded student (tests and the world-model demo pass theirs)."""
+    layout = code_layout(model.config) or (0, 0)
+    if layout != (ref.codes, ref.vocabulary):
+        raise ValueError(
+            f"{cfg.checkpoint}: the student's codes (per frame, vocabulary) are {layout}, the reference says "
+            f"{(ref.codes, ref.vocabulary)}; build it with CheckpointRef.of(..., codes, vocabulary)"
+        )
     view_manifest = load_manifest(cfg.dataset)
     if view_manifest.kind != "videos":
         raise ValueError(
@@ -114,6 +123,8 @@ def run_encoding(
             raise error
         raise RuntimeError("encoding failed on another rank (see its log); rerun to resume")
     if info.is_main:
+        if model.quantizer is not None:
+            write_code_table(cfg.output, model.quantizer.table().cpu(), ref.fingerprint)
         _write_manifest(cfg, ref, order)
     dist.barrier(info)
     log.info(
@@ -208,18 +219,24 @@ def _encode_video(
         )
     where = f"{cfg.dataset} split {split!r} video {video_id!r}"
     size = ref.image_size
-    zs = []
+    zs, codes = [], []
     with torch.inference_mode():
         for start in range(0, len(frames), cfg.batch_size):
             chunk = frames[start : start + cfg.batch_size]
             images = torch.stack([decode_view(f.jpeg or b"", size, f"{where} key {f.key!r}") for f in chunk])
-            zs.append(model.encode(images.to(next(model.parameters()).device)).float().cpu())
+            images = images.to(next(model.parameters()).device)
+            if ref.codes:  # z is what the codes stand for, exactly
+                codes.append(model.encode(images, codes=True))
+                zs.append(model.codes_to_z(codes[-1]).float().cpu())
+            else:
+                zs.append(model.encode(images).float().cpu())
     video = VideoLatents(
         video_id,
         torch.cat(zs),
         torch.tensor([int(f.meta["frame_index"]) for f in frames], dtype=torch.int64),
         torch.tensor([float(f.meta["timestamp"]) for f in frames], dtype=torch.float64),
         stack_frame_arrays([f.meta for f in frames], [f.key for f in frames], where),
+        torch.cat(codes).cpu() if codes else None,
     )
     write_video_latents(target, video, split, ref.fingerprint)
     report.videos_written += 1
@@ -236,7 +253,11 @@ def _write_manifest(cfg: EncodeConfig, ref: CheckpointRef, order: dict[str, list
         for video_id in videos:
             path = video_path(cfg.output, split, video_id)
             header = read_header(path)
-            if header.checkpoint != ref.fingerprint or header.video_id != video_id:
+            if (
+                header.checkpoint != ref.fingerprint
+                or header.video_id != video_id
+                or header.codes != ref.codes
+            ):
                 raise ValueError(
                     f"{path} is not {video_id!r} of checkpoint {ref.fingerprint}; rerun to redo it"
                 )

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="cpu")
+    train.add_argument(
+        "--target",
+        choices=["z", "codes"],
+        default="z",
+        help="z: regress the next z | codes: cross-entropy over the next frame's codes (a quantised student's latents)",
+    )
     rollout = commands.add_parser("rollout", help="open-loop rollouts on held-out latents")
     rollout.add_argument("model", type=Path, help="world-model checkpoint folder")
     rollout.add_argument("latents", type=Path, help="latent dataset (distill-encode)")
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             args.lr,
             seed=args.seed,
             device=args.device,
+            target=args.target,
         )
         print(json.dumps(train_world_model(cfg)))
     else:

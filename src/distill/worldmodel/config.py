@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
+
+Target = Literal["z", "codes"]
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,19 @@ class WorldModelConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    target: Target = "z"  # z: regress the next z | codes: classify the next frame's codes (cross-entropy)
+    codes: int = 0  # codes per frame and their vocabulary (target="codes"; from the latent dataset)
+    vocabulary: int = 0
 
     def __post_init__(self) -> None:
+        if self.target not in get_args(Target):
+            raise ValueError(f"target must be one of {get_args(Target)}, got {self.target!r}")
+        if (self.target == "codes") != (self.codes > 0 and self.vocabulary > 1):
+            raise ValueError(
+                f"target={self.target!r} with codes={self.codes}, vocabulary={self.vocabulary}: codes need both, z neither"
+            )
+        if self.codes and self.d_z % self.codes:
+            raise ValueError(f"d_z {self.d_z} is not a multiple of codes {self.codes}")
         if (
             min(self.d_z, self.history, self.frame_skip, self.width, self.depth, self.heads, self.mlp_ratio)
             < 1

@@ -2,8 +2,10 @@
 
 Token t is ``Linear(z_t normalised) + Linear(a_t normalised) + position t``; causal self-attention
 lets position t see tokens 0..t; the head predicts the normalised change ``z_{t+1} - z_t``, added
-back to z_t. Normalisation constants (per-dimension mean/std of z and of the actions over the
-training split) are buffers, so they travel with the weights. Open-loop rollouts feed predictions
+back to z_t, or (``target="codes"``, latents of a quantised student) logits over each code of frame
+t+1, whose most likely codes become the next z through the student's code table (a buffer).
+Normalisation constants (per-dimension mean/std of z and of the actions over the training split)
+are buffers, so they travel with the weights. Open-loop rollouts feed predictions
 back in, keeping the last ``history`` z's.
 """
 
@@ -27,6 +29,7 @@ class LatentWorldModel(nn.Module):
     z_std: torch.Tensor
     a_mean: torch.Tensor
     a_std: torch.Tensor
+    code_table: torch.Tensor
 
     def __init__(self, config: WorldModelConfig) -> None:
         super().__init__()
@@ -44,7 +47,7 @@ class LatentWorldModel(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.width)
-        self.head = nn.Linear(config.width, config.d_z)
+        self.head = nn.Linear(config.width, config.codes * config.vocabulary if config.codes else config.d_z)
         nn.init.normal_(self.position, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -52,6 +55,10 @@ class LatentWorldModel(nn.Module):
         self.register_buffer("z_std", torch.ones(config.d_z))
         self.register_buffer("a_mean", torch.zeros(config.action_dim))
         self.register_buffer("a_std", torch.ones(config.action_dim))
+        if config.codes:
+            self.register_buffer(
+                "code_table", torch.zeros(config.codes, config.vocabulary, config.d_z // config.codes)
+            )
 
     def set_normalization(self, z: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Per-dimension mean/std (floored at 1e-6) from training rows z [N, d_z], actions [N, A]."""
@@ -63,6 +70,19 @@ class LatentWorldModel(nn.Module):
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """z [B, T, d_z], actions [B, T, A] (T <= history) -> predicted next z [B, T, d_z]."""
+        if not self.config.codes:
+            return z + self.head(self._hidden(z, actions)) * self.z_std
+        codes = self.code_logits(z, actions).argmax(-1)  # the most likely codes, as their z
+        return self.code_table[torch.arange(self.config.codes, device=z.device), codes].flatten(-2)
+
+    def code_logits(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """target="codes": z [B, T, d_z], actions -> logits [B, T, codes, vocabulary] of frame t+1's codes."""
+        if not self.config.codes:
+            raise ValueError("this world model regresses z (target='z'); it has no code logits")
+        out = self.head(self._hidden(z, actions))
+        return out.unflatten(-1, (self.config.codes, self.config.vocabulary))
+
+    def _hidden(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         steps = z.shape[1]
         if steps > self.config.history:
             raise ValueError(f"{steps} steps for a model of history {self.config.history}")
@@ -72,8 +92,7 @@ class LatentWorldModel(nn.Module):
                 raise ValueError(f"this model needs actions [B, {steps}, {self.config.action_dim}]")
             tokens = tokens + self.a_in((actions - self.a_mean) / self.a_std)
         mask = nn.Transformer.generate_square_subsequent_mask(steps, device=z.device)
-        hidden = self.norm(self.blocks(tokens, mask=mask, is_causal=True))
-        return z + self.head(hidden) * self.z_std
+        return self.norm(self.blocks(tokens, mask=mask, is_causal=True))
 
     @torch.no_grad()
     def rollout(self, context: torch.Tensor, actions: torch.Tensor | None, steps: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Each step draws a batch of windows of ``history + 1`` z's (``frame_skip`` apart) with their actions;
 position t predicts z_{t+1} from z_0..z_t and a_0..a_t. The loss is the mean squared error in the
-normalised z space plus ``1 - cosine`` (the rollout metric), over every position.
+normalised z space plus ``1 - cosine`` (the rollout metric), over every position; with
+``target="codes"`` (latents of a quantised student) it is the cross-entropy of the next frame's codes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from distill.data.latent_clips import LatentClips
+from distill.data.latents import read_code_table
 from distill.io import atomic_write_text
-from distill.worldmodel.config import WorldModelConfig
+from distill.worldmodel.config import Target, WorldModelConfig
 from distill.worldmodel.model import LatentWorldModel, save_world_model
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     log_every: int = 50
+    target: Target = "z"  # z: next-z regression | codes: cross-entropy over the next frame's codes
 
 
 def next_z_loss(model: LatentWorldModel, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
@@ -52,11 +55,22 @@ def next_z_loss(model: LatentWorldModel, z: torch.Tensor, actions: torch.Tensor 
     return mse + (1 - F.cosine_similarity(predicted, target, dim=-1)).mean()
 
 
+def next_code_loss(
+    model: LatentWorldModel, z: torch.Tensor, codes: torch.Tensor, actions: torch.Tensor | None
+) -> torch.Tensor:
+    """Teacher forcing on windows z [B, H + 1, d_z] with their codes [B, H + 1, n]: cross-entropy of codes[:, 1:]."""
+    history = z.shape[1] - 1
+    logits = model.code_logits(z[:, :history], None if actions is None else actions[:, :history])
+    return F.cross_entropy(logits.flatten(0, 2), codes[:, 1:].flatten())
+
+
 def train_world_model(cfg: TrainConfig) -> dict[str, float]:
     """Fit and save; returns the last logged loss and the step count."""
     arrays = [cfg.action] if cfg.action else []
     clips = LatentClips(cfg.latents, cfg.split, cfg.history, 1, cfg.frame_skip, arrays=arrays)
     action_dim = clips.manifest.arrays[cfg.action] * cfg.frame_skip if cfg.action else 0
+    ref = clips.manifest.checkpoint
+    table = read_code_table(cfg.latents, ref) if cfg.target == "codes" else None
     config = WorldModelConfig(
         clips.manifest.checkpoint.d_z,
         action_dim,
@@ -66,9 +80,14 @@ def train_world_model(cfg: TrainConfig) -> dict[str, float]:
         cfg.width,
         cfg.depth,
         cfg.heads,
+        target=cfg.target,
+        codes=ref.codes if table is not None else 0,
+        vocabulary=ref.vocabulary if table is not None else 0,
     )
     torch.manual_seed(cfg.seed)
     model = LatentWorldModel(config)
+    if table is not None:
+        model.code_table.copy_(table)
     every = clips.collate(range(len(clips)))
     model.set_normalization(
         every.z.reshape(-1, config.d_z),
@@ -82,7 +101,12 @@ def train_world_model(cfg: TrainConfig) -> dict[str, float]:
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
         actions = batch.arrays[cfg.action].to(cfg.device) if cfg.action else None
-        loss = next_z_loss(model, batch.z.to(cfg.device), actions)
+        z = batch.z.to(cfg.device)
+        if table is None:
+            loss = next_z_loss(model, z, actions)
+        else:
+            assert batch.codes is not None  # LatentClips checks every video carries the manifest's codes
+            loss = next_code_loss(model, z, batch.codes.to(cfg.device), actions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
