@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,16 +54,54 @@ def synthetic_dataset(root: Path, images: int, size: int, per_shard: int) -> Pat
 
 def best_seconds(fn: Callable[[], object], repeats: int, sync: torch.device | None = None) -> float:
     """Fastest of ``repeats`` runs: the least disturbed by other load on a shared machine."""
-    best = float("inf")
+    return min(_seconds(fn, sync) for _ in range(repeats))
+
+
+def _seconds(fn: Callable[[], object], sync: torch.device | None) -> float:
+    if sync is not None and sync.type == "cuda":
+        torch.cuda.synchronize(sync)
+    start = time.perf_counter()
+    fn()
+    if sync is not None and sync.type == "cuda":
+        torch.cuda.synchronize(sync)
+    return time.perf_counter() - start
+
+
+def spread(values: list[float], digits: int = 4) -> dict[str, float]:
+    """Median and range of repeated measurements: the median is the figure, the range its trust."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def paired_ratio(
+    reference: Callable[[], object],
+    candidate: Callable[[], object],
+    repeats: int,
+    sync: torch.device | None = None,
+) -> dict[str, Any]:
+    """Time two ways of doing the same work, warmed up and interleaved, so both see the same load.
+
+    Each repeat runs ``reference`` then ``candidate`` back to back; the ratio of each repeat is
+    reference seconds / candidate seconds (1.0: the candidate is as fast). Reported: the seconds
+    of each side and the ratios, as median and range over the repeats. A ratio whose range is wide
+    was measured on a disturbed machine; rerun it rather than quote it.
+    """
+    reference()  # warm-up: first-call allocations, kernel selection, lazy imports, file cache
+    candidate()
+    ref_s, cand_s = [], []
     for _ in range(repeats):
-        if sync is not None and sync.type == "cuda":
-            torch.cuda.synchronize(sync)
-        start = time.perf_counter()
-        fn()
-        if sync is not None and sync.type == "cuda":
-            torch.cuda.synchronize(sync)
-        best = min(best, time.perf_counter() - start)
-    return best
+        ref_s.append(_seconds(reference, sync))
+        cand_s.append(_seconds(candidate, sync))
+    ratios = [r / c for r, c in zip(ref_s, cand_s, strict=True)]
+    return {
+        "repeats": repeats,
+        "reference_seconds": spread(ref_s),
+        "candidate_seconds": spread(cand_s),
+        "ratio": spread(ratios, 3),
+    }
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Bare: ``teacher(images)`` over the dataset's images, already decoded into uint8 
 memory, on the same device and batch size. Pipeline: ``distill.preprocess.extract.run_extraction``
 over the same image shards with the same teacher modules: tar reading, JPEG decoding (a
 background thread), the forward, quantisation, safetensors and tar writing (a writer thread),
-atomic renames. Both are timed as the best of ``--repeats`` runs.
+atomic renames. Both are warmed up and timed interleaved, ``--repeats`` times, in the same torch threads;
+the JSON holds the median and range of each side and of the ratio.
 
     python benchmarks/extraction.py --output benchmarks/results/extraction.json
 """
@@ -17,44 +18,59 @@ from typing import Any
 
 import torch
 
-from common import FIVE, base_parser, best_seconds, device_of, machine, synthetic_dataset, write_result
+from common import (
+    FIVE,
+    base_parser,
+    best_seconds,
+    device_of,
+    machine,
+    paired_ratio,
+    synthetic_dataset,
+    write_result,
+)
 from distill.data.codec import encode_batch
 from distill.data.manifest import load_manifest
 from distill.data.shards import write_shard
 from distill.distributed import DistContext
 from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
 from distill.teachers import Teacher, load_teacher
+from distill.teachers.precision import TEACHER_PRECISIONS, run_teacher
 
 
 def measure(
-    dataset: Path,
     teachers: dict[str, Teacher],
     batches: list[torch.Tensor],
     cfg: ExtractConfig,
     repeats: int,
     device: torch.device,
 ) -> dict[str, Any]:
+    """Pipeline vs the bare forward pass of the same teachers on the same batches, same precision.
+
+    Both are warmed up and timed interleaved (``paired_ratio``), in this process's torch threads,
+    so the ratio (bare seconds / pipeline seconds) compares like with like; it cannot honestly
+    exceed 1 by more than the spread.
+    """
     samples = sum(b.shape[0] for b in batches)
 
     def bare() -> None:
         for images in batches:
             for teacher in teachers.values():
-                teacher(images)
+                run_teacher(teacher, images, cfg.precision)
 
     def pipeline() -> None:
         report = run_extraction(cfg, teachers, DistContext())
         assert report.samples == samples
 
-    bare()  # warm-up (first-call allocations, cudnn autotune)
-    bare_s = best_seconds(bare, repeats, device)
-    pipe_s = best_seconds(pipeline, repeats, device)
+    timing = paired_ratio(bare, pipeline, repeats, device)
     return {
         "teachers": list(teachers),
         "storage": cfg.teachers[0].storage,
+        "precision": cfg.precision,
         "samples": samples,
-        "bare_forward_samples_per_s": round(samples / bare_s, 1),
-        "pipeline_samples_per_s": round(samples / pipe_s, 1),
-        "ratio": round(bare_s / pipe_s, 3),
+        "bare_forward_samples_per_s": round(samples / timing["reference_seconds"]["median"], 1),
+        "pipeline_samples_per_s": round(samples / timing["candidate_seconds"]["median"], 1),
+        "ratio": timing["ratio"]["median"],
+        "timing": timing,
     }
 
 
@@ -100,10 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples-per-shard", type=int, default=128)
     parser.add_argument("--storage", choices=["fp16", "bf16", "int8"], default="int8")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=TEACHER_PRECISIONS, default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of both sides (default: torch's)"
+    )
     parser.add_argument("--decode-threads", type=int, default=1)
     parser.add_argument("--per-teacher", action="store_true", help="also measure each teacher alone")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = device_of(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = synthetic_dataset(Path(scratch), args.images, args.size, args.samples_per_shard)
@@ -124,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 device=str(device),
                 decode_threads=args.decode_threads,
+                precision=args.precision,
                 overwrite=True,
                 progress=False,
             )
-            runs.append(measure(dataset, {n: teachers[n] for n in group}, batches, cfg, args.repeats, device))
+            runs.append(measure({n: teachers[n] for n in group}, batches, cfg, args.repeats, device))
         stages = breakdown(dataset, teachers, args.batch_size, args.size, device)
     result = {
         "benchmark": "extraction",

@@ -1,0 +1,397 @@
+"""Where users run distill: one GPU, bf16. One command, at most 5 minutes, one JSON and a short table.
+
+    python benchmarks/gpu.py                                    # -> benchmarks/results/gpu.json
+    python benchmarks/gpu.py --smoke --output /tmp/smoke.json   # the same code paths, tiny, on CPU (CI)
+
+1. Extraction: the five teachers at their real sizes (real architectures; random weights unless
+   ``--weights``), the extraction pipeline's images/s against the bare forward pass on the same
+   batches in the same precision (bf16 autocast), warmed up and interleaved; the per-token cosine
+   of each teacher's bf16 features to its fp32 features.
+2. Training step of ``deit_small`` and ``deit_base`` with the five real-size heads, as the trainer
+   runs it (bf16 autocast, SDPA attention, fused AdamW, loss checks, gradient clipping), with
+   ``torch.compile`` off and on: step time, images/s, and MFU = counted FLOPs of forward + backward
+   (torch's FlopCounterMode) / step time / the device's dense bf16 peak (``--peak-tflops`` when the
+   device is not in the table).
+3. Training loader with ``device=cuda`` (workers ship int8, the GPU dequantises and normalises)
+   feeding the ``deit_small`` step, against the same batches already in GPU memory; the loader
+   alone, in samples/s per worker core, and the cores a step needs.
+Peak GPU memory for each. ``--smoke``: tiny teachers and student, 64 px, a few batches, compile
+with the ``eager`` backend (dynamo only: inductor's C++ build would take minutes on CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import FIVE, base_parser, machine, paired_ratio, spread, synthetic_dataset, write_result
+from distill.data.dataset import Batch
+from distill.data.loader import LoaderConfig, train_batches
+from distill.features import TeacherOutput, TeacherSpec
+from distill.losses import LossConfig, distillation_loss
+from distill.models import Student, StudentConfig
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
+from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches
+from distill.teachers import Teacher
+from distill.teachers.precision import run_teacher
+from distill.train.optim import build_optimizer
+from distill.train.precision import autocast_factory
+from distill.train.trainer import check_finite, check_gradients
+from extraction import measure
+from real_teachers import build_teachers
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched in order
+# against torch.cuda.get_device_name.
+PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("GB200",), 2500.0),
+    (("B200",), 2250.0),
+    (("H200",), 989.4),
+    (("H100", "PCIe"), 756.0),
+    (("H100", "NVL"), 835.0),
+    (("H100",), 989.4),
+    (("H800",), 989.4),
+    (("GH200",), 989.4),
+    (("A100",), 312.0),
+    (("A800",), 312.0),
+    (("L40S",), 362.1),
+    (("L40",), 181.0),
+    (("L4",), 121.0),
+    (("A10",), 125.0),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run: the GPU plan fits 5 minutes on an H100-class GPU; the smoke plan a few seconds."""
+
+    teachers: str  # tiny | random | hub
+    canonical_size: int
+    images: int
+    extract_batch: int
+    train_batch: int
+    sizes: tuple[str, ...]
+    warmup_steps: int
+    timed_steps: int
+    repeats: int
+    loader_workers: int
+    num_streams: int
+    compile_backend: str
+
+
+def make_plan(smoke: bool, weights: bool) -> Plan:
+    if smoke:
+        return Plan("tiny", 64, 8, 4, 2, ("tiny",), 0, 1, 1, 1, 2, "eager")
+    workers = max(1, min(12, (os.cpu_count() or 2) - 2))
+    return Plan(
+        "hub" if weights else "random", 224, 512, 64, 256, ("deit_small", "deit_base"), 3, 10, 3, workers, 16,
+        "inductor",
+    )  # fmt: skip
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for keys, peak in PEAK_BF16_TFLOPS if all(k in name for k in keys)), None)
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- 1. extraction
+
+
+def extraction(
+    dataset: Path, teachers: dict[str, Teacher], plan: Plan, device: torch.device
+) -> dict[str, Any]:
+    """Pipeline vs bare forward (benchmarks/extraction.py's measure), bf16 fidelity; leaves int8 features."""
+    reset_memory(device)
+    batches = [
+        images.to(device)
+        for shard in sorted((dataset / "images").glob("train-*.tar"))
+        for _, images in decode_batches(shard, plan.canonical_size, plan.extract_batch, 1)
+    ]
+    jobs = tuple(TeacherJob(name, "tiny", None, "int8") for name in teachers)
+    cfg = ExtractConfig(
+        dataset,
+        jobs,
+        batch_size=plan.extract_batch,
+        device=str(device),
+        decode_threads=2,
+        precision="bf16",
+        overwrite=True,
+        progress=False,
+    )
+    run = measure(teachers, batches, cfg, plan.repeats, device)
+    fidelity = {}
+    for name, teacher in teachers.items():
+        fp32 = run_teacher(teacher, batches[0], "fp32")
+        bf16 = run_teacher(teacher, batches[0], "bf16")
+        cosine = F.cosine_similarity(fp32.patch.flatten(0, -2), bf16.patch.flatten(0, -2), dim=-1)
+        fidelity[name] = {"mean": round(cosine.mean().item(), 5), "min": round(cosine.min().item(), 5)}
+    return {**run, "peak_gpu_memory_gb": peak_memory_gb(device), "bf16_vs_fp32_token_cosine": fidelity}
+
+
+# ----------------------------------------------------------------------------- 2. training step
+
+
+Step = Callable[[torch.Tensor, dict[str, TeacherOutput]], None]
+
+
+def make_step(student: Student, model: nn.Module, device: torch.device) -> Step:
+    """One optimiser step as distill.train.Trainer takes it (grad_accum 1)."""
+    optimizer = build_optimizer(
+        student, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999), no_decay_names=("queries",), fused=device.type == "cuda"
+    )  # fmt: skip
+    autocast = autocast_factory("auto", device)
+    loss_cfg = LossConfig()
+
+    def step(images: torch.Tensor, targets: dict[str, TeacherOutput]) -> None:
+        with autocast():
+            output = model(images)
+        breakdown = distillation_loss(output, targets, images, loss_cfg)
+        check_finite(breakdown, 1, 0)
+        breakdown.total.backward()
+        check_gradients(student, 1, 0, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_student(size: str, specs: dict[str, TeacherSpec], image_size: int, device: torch.device) -> Student:
+    torch.manual_seed(0)
+    config = StudentConfig.from_preset(size, dict(specs), image_size=image_size)
+    return Student(config, load_pretrained=False).to(device).train()
+
+
+def random_inputs(
+    specs: dict[str, TeacherSpec], batch: int, size: int, device: torch.device
+) -> tuple[torch.Tensor, dict[str, TeacherOutput]]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = {
+        name: TeacherOutput(
+            torch.randn(batch, *spec.grid, spec.channels, generator=generator).to(device),
+            None
+            if spec.cls_channels is None
+            else torch.randn(batch, spec.cls_channels, generator=generator).to(device),
+        )
+        for name, spec in specs.items()
+    }
+    return images.to(device), targets
+
+
+def step_flops(step: Step, images: torch.Tensor, targets: dict[str, TeacherOutput]) -> float:
+    """Counted FLOPs of one step (forward + loss + backward; the optimiser's are negligible)."""
+    with FlopCounterMode(display=False) as counter:
+        step(images, targets)
+    return float(counter.get_total_flops())
+
+
+def training(
+    specs: dict[str, TeacherSpec], plan: Plan, device: torch.device, peak: float | None
+) -> list[dict[str, Any]]:
+    images, targets = random_inputs(specs, plan.train_batch, plan.canonical_size, device)
+    out = []
+    for size in plan.sizes:
+        flops: float | None = None
+        for compiled in (False, True):
+            reset_memory(device)
+            student = build_student(size, specs, plan.canonical_size, device)
+            model: nn.Module = student
+            if compiled:
+                model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
+            step = make_step(student, model, device)
+            if flops is None:
+                flops = step_flops(step, images, targets)
+            started = time.perf_counter()
+            step(images, targets)
+            sync(device)
+            first_s = time.perf_counter() - started
+            for _ in range(plan.warmup_steps):
+                step(images, targets)
+            times = []
+            for _ in range(plan.timed_steps):
+                started = time.perf_counter()
+                step(images, targets)
+                sync(device)
+                times.append(time.perf_counter() - started)
+            median = spread(times)["median"]
+            achieved = flops / median / 1e12
+            out.append(
+                {
+                    "size": size,
+                    "compile": compiled,
+                    "compile_backend": plan.compile_backend if compiled else None,
+                    "batch": plan.train_batch,
+                    "attention": student.backbone.config._attn_implementation,
+                    "first_step_s": round(first_s, 2),
+                    "step_s": spread(times),
+                    "images_per_s": round(plan.train_batch / median, 1),
+                    "gflops_per_step": round(flops / 1e9, 3),
+                    "achieved_tflops": round(achieved, 4),
+                    "mfu": None if peak is None else round(achieved / peak, 3),
+                    "peak_gpu_memory_gb": peak_memory_gb(device),
+                }
+            )
+            del model, student, step
+            torch._dynamo.reset()
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. loader
+
+
+def loader(
+    dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: torch.device, step_s: float
+) -> dict[str, Any]:
+    """The deit_small step fed by the loader (device=...) vs by the same batches held in GPU memory."""
+    names = tuple(specs)
+    stats_dir = dataset.parent / "stats"
+    compute_stats(StatsConfig(dataset, names, "train", stats_dir))
+    cfg = LoaderConfig(
+        dataset,
+        names,
+        stats_dir,
+        global_batch=plan.train_batch,
+        num_streams=plan.num_streams,
+        shuffle_buffer=plan.train_batch // plan.num_streams,
+        num_workers=plan.loader_workers,
+        pin_memory=device.type == "cuda",
+        device=str(device),
+    )
+    steps = max(1, plan.timed_steps // 2)
+    reset_memory(device)
+    memory = list(itertools.islice(train_batches(cfg), steps))
+    student = build_student(plan.sizes[0], specs, plan.canonical_size, device)
+    step = make_step(student, student, device)
+    stream: Iterator[Batch] = train_batches(cfg)
+
+    def run(batches: Callable[[], Iterator[Batch]]) -> Callable[[], None]:
+        def go() -> None:
+            for batch in itertools.islice(batches(), steps):
+                step(batch.images, batch.targets)
+
+        return go
+
+    fed = paired_ratio(run(lambda: iter(memory)), run(lambda: stream), plan.repeats, device)
+    started = time.perf_counter()
+    for batch in itertools.islice(stream, 2 * steps):
+        batch.images.sum()
+    sync(device)
+    alone = 2 * steps * plan.train_batch / (time.perf_counter() - started)
+    per_core = alone / plan.loader_workers
+    return {
+        "workers": plan.loader_workers,
+        "num_streams": plan.num_streams,
+        "global_batch": plan.train_batch,
+        "steps_per_repeat": steps,
+        "steps_per_s_memory": round(steps / fed["reference_seconds"]["median"], 2),
+        "steps_per_s_loader": round(steps / fed["candidate_seconds"]["median"], 2),
+        "loader_over_memory": fed["ratio"],
+        "loader_alone_samples_per_s": round(alone, 1),
+        "samples_per_s_per_worker_core": round(per_core, 1),
+        "cores_to_feed_the_step": round(plan.train_batch / step_s / per_core, 1),
+        "peak_gpu_memory_gb": peak_memory_gb(device),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(result: dict[str, Any]) -> str:
+    ext, rows, feed = result["extraction"], result["training"], result["loader"]
+    lines = [
+        f"device: {result['machine']['device']}  (peak bf16 {result['peak_bf16_tflops']} TFLOP/s)",
+        f"extraction  pipeline {ext['pipeline_samples_per_s']} img/s / bare {ext['bare_forward_samples_per_s']} "
+        f"= {ext['ratio']} (target >= 0.95), peak {ext['peak_gpu_memory_gb']} GB",
+    ]
+    for row in rows:
+        lines.append(
+            f"train {row['size']:<10} compile={row['compile']!s:<5} {row['step_s']['median'] * 1e3:8.1f} ms/step "
+            f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  peak {row['peak_gpu_memory_gb']} GB"
+        )
+    lines.append(
+        f"loader      {feed['loader_over_memory']['median']} of in-memory steps/s (target >= 0.98), "
+        f"{feed['samples_per_s_per_worker_core']} samples/s per worker core, "
+        f"{feed['cores_to_feed_the_step']} cores to feed the step"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("gpu", __doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: the code paths, not figures")
+    parser.add_argument(
+        "--weights",
+        nargs="*",
+        metavar="NAME=WEIGHTS",
+        default=None,
+        help="real teacher weights (registry defaults unless NAME=WEIGHTS given; needs them locally or a hub)",
+    )
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the device")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    plan = make_plan(args.smoke, args.weights is not None)
+    device = torch.device("cpu") if args.smoke else torch.device(args.device or "cuda")
+    weights = dict(item.split("=", 1) for item in args.weights or [])
+    peak = peak_tflops(device, args.peak_tflops)
+    host = machine(device)  # before the loader's workers change the thread settings
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset = synthetic_dataset(
+            Path(scratch), plan.images, plan.canonical_size, plan.images // plan.num_streams
+        )
+        teachers = build_teachers(FIVE, plan.teachers, device, weights)
+        specs = {name: teacher.spec for name, teacher in teachers.items()}
+        extracted = extraction(dataset, teachers, plan, device)
+        del teachers
+        trained = training(specs, plan, device, peak)
+        small = min(row["step_s"]["median"] for row in trained if row["size"] == plan.sizes[0])
+        fed = loader(dataset, specs, plan, device, small)
+    result = {
+        "benchmark": "gpu",
+        "smoke": args.smoke,
+        "machine": host,
+        "plan": asdict(plan),
+        "peak_bf16_tflops": peak,
+        "teachers": {name: spec.to_dict() for name, spec in specs.items()},
+        "targets": {"extraction_ratio": 0.95, "deit_base_mfu_h100": 0.40, "loader_over_memory": 0.98},
+        "extraction": extracted,
+        "training": trained,
+        "loader": fed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_result(args.output, result)
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""benchmarks/gpu.py --smoke: the GPU benchmark's code paths, at tiny sizes on CPU, so the script never rots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIVE = ["clip", "dinov2", "mae", "sam", "depth_anything"]
+
+
+def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "gpu.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--peak-tflops", "0.5"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run([*command, "--output", str(output)], check=True, env=env, capture_output=True, timeout=600)
+    result = json.loads(output.read_text())
+    assert result["smoke"] is True and result["peak_bf16_tflops"] == 0.5
+    plan = result["plan"]
+    assert list(result["teachers"]) == FIVE
+
+    extraction = result["extraction"]
+    assert extraction["samples"] == plan["images"] and extraction["precision"] == "bf16"
+    bare, pipe = extraction["timing"]["reference_seconds"], extraction["timing"]["candidate_seconds"]
+    assert extraction["ratio"] == pytest.approx(bare["median"] / pipe["median"], rel=2e-3)
+    for name in FIVE:
+        cosine = extraction["bf16_vs_fp32_token_cosine"][name]
+        assert 0.999 < cosine["mean"] <= 1.0 and cosine["min"] <= cosine["mean"]
+
+    rows = result["training"]
+    assert [(r["size"], r["compile"]) for r in rows] == [("tiny", False), ("tiny", True)]
+    for row in rows:
+        assert row["attention"] == "sdpa" and row["batch"] == plan["train_batch"]
+        assert row["gflops_per_step"] > 0 and row["gflops_per_step"] == rows[0]["gflops_per_step"]
+        step = row["step_s"]["median"]
+        assert row["images_per_s"] == pytest.approx(plan["train_batch"] / step, rel=1e-2)
+        assert row["mfu"] == pytest.approx(row["gflops_per_step"] / 1e3 / step / 0.5, rel=2e-2, abs=1e-3)
+        assert row["peak_gpu_memory_gb"] is None  # CPU
+
+    loader = result["loader"]
+    assert loader["workers"] == plan["loader_workers"] and loader["global_batch"] == plan["train_batch"]
+    assert loader["loader_over_memory"]["median"] > 0 and loader["samples_per_s_per_worker_core"] > 0
+    fastest = min(r["step_s"]["median"] for r in rows)
+    want = plan["train_batch"] / fastest / loader["samples_per_s_per_worker_core"]
+    assert loader["cores_to_feed_the_step"] == pytest.approx(want, rel=0.05, abs=0.05)
