@@ -6,17 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 
-import numpy as np
 import pytest
 import torch
-
-from distill.synthetic import render_scene
-
-
-def scene_batch(count: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Canonical-view uint8 batch [count, 3, size, size] of deterministic synthetic scenes."""
-    arrays = [np.asarray(render_scene(seed + i, (size, size))) for i in range(count)]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+from teacher_helpers import scene_batch
 
 
 @pytest.fixture(scope="session")

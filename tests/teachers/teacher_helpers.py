@@ -1,10 +1,18 @@
-"""Assertions the teacher tests share."""
+"""Inputs and assertions the teacher tests share."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from distill.synthetic import render_scene
 from distill.teachers import Teacher
+
+
+def scene_batch(count: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Canonical-view uint8 batch [count, 3, size, size] of deterministic synthetic scenes."""
+    arrays = [np.asarray(render_scene(seed + i, (size, size))) for i in range(count)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def assert_same_teacher(loaded: Teacher, reference: Teacher, images: torch.Tensor) -> None:

@@ -37,6 +37,7 @@ FAMILY_MODULES = (
     "sam_hf",
     "sam2",
     "depth_anything",
+    "vjepa2",
 )  # each registers its entries on import
 
 
