@@ -9,8 +9,9 @@ another plants high-norm artifact tokens (CLIP-L, DINOv2 without registers) to s
 int8 loses and what keeping those tokens in float16 (``--outlier-tokens``) costs in bytes.
 SAM's optional area-downsampled grid is measured against the full grid (upsampled back, nearest).
 
-Extrapolated: bytes per image for the five teachers at their real output sizes (encoding zero
-tensors of those shapes through the same code), against Theia's ~4.2 MB per image.
+Extrapolated: bytes per image for each teacher set (the five defaults, ``worldmodel``: dinov2 + dinov3 +
+vjepa2, ``modern``: siglip2 + dinov3 + sam2) at the teachers' real output sizes (encoding zero tensors
+of those shapes through the same code), against Theia's ~4.2 MB per image.
 
     python benchmarks/storage.py --output benchmarks/results/storage.json
 """
@@ -33,25 +34,40 @@ from distill.synthetic import render_scene
 from distill.teachers import load_teacher
 
 THEIA_BYTES_PER_IMAGE = 4.2e6
-# Real output sizes of the default teachers: (grid, channels, cls channels). CLIP ViT-L-14 tokens are
-# 1024 wide with a 768 projected CLS; Depth-Anything-V2-Small's four 384-wide maps give 1536 channels.
+NEW = ("dinov3", "siglip2", "sam2", "vjepa2")
+WORLDMODEL = ("dinov2", "dinov3", "vjepa2")
+MODERN = ("siglip2", "dinov3", "sam2")
+# Real output sizes of the default weights: (grid, channels, cls channels). CLIP ViT-L-14 tokens are
+# 1024 wide with a 768 projected CLS; Depth-Anything-V2-Small's four 384-wide maps give 1536 channels;
+# DINOv3 ViT-L/16 at 224 px is 14x14; SigLIP 2 so400m/16 runs at its own 384 px (24x24, pooled 1152);
+# SAM 2.1 Hiera-L's decoder embedding is SAM's size; V-JEPA 2 ViT-L at 256 px stores one tubelet's
+# 16x16 tokens per frame.
 REAL_SIZES: dict[str, tuple[tuple[int, int], int, int | None]] = {
     "clip": ((16, 16), 1024, 768),
     "dinov2": ((16, 16), 1024, 1024),
     "mae": ((14, 14), 1024, 1024),
     "sam": ((64, 64), 256, None),
     "depth_anything": ((16, 16), 1536, None),
+    "dinov3": ((14, 14), 1024, 1024),
+    "siglip2": ((24, 24), 1152, 1152),
+    "sam2": ((64, 64), 256, None),
+    "vjepa2": ((16, 16), 1024, None),
 }
 CONFIGS: dict[str, dict[str, Any]] = {
     "all bf16 (Theia-like)": {"storage": "bf16"},
     "all fp16": {"storage": "fp16"},
     "all int8": {"storage": "int8"},
-    "all int8, sam 32x32": {"storage": "int8", "sam_grid": (32, 32)},
-    "all int8, sam 16x16": {"storage": "int8", "sam_grid": (16, 16)},
+    "all int8, sam 32x32": {"storage": "int8", "grids": {"sam": (32, 32)}},
+    "all int8, sam 16x16": {"storage": "int8", "grids": {"sam": (16, 16)}},
     "all int8, 4 outlier tokens in clip/dinov2/mae": {
         "storage": "int8",
         "outliers": {"clip": 4, "dinov2": 4, "mae": 4},
     },
+    "worldmodel bf16": {"teachers": WORLDMODEL, "storage": "bf16"},
+    "worldmodel int8": {"teachers": WORLDMODEL, "storage": "int8"},
+    "modern bf16": {"teachers": MODERN, "storage": "bf16"},
+    "modern int8": {"teachers": MODERN, "storage": "int8"},
+    "modern int8, sam2 32x32": {"teachers": MODERN, "storage": "int8", "grids": {"sam2": (32, 32)}},
 }
 
 
@@ -152,13 +168,13 @@ def sam_grid_fidelity(out: TeacherOutput, grid: tuple[int, int]) -> dict[str, fl
 
 
 def real_size_bytes() -> dict[str, Any]:
-    """Bytes per image for the five teachers at real sizes, per storage configuration."""
+    """Bytes per image for each configuration's teachers (default: the five) at real sizes."""
     result: dict[str, Any] = {}
     for label, config in CONFIGS.items():
         per_teacher = {}
-        for name, (grid, channels, cls_channels) in REAL_SIZES.items():
-            if name == "sam" and "sam_grid" in config:
-                grid = config["sam_grid"]
+        for name in config.get("teachers", FIVE):
+            grid, channels, cls_channels = REAL_SIZES[name]
+            grid = config.get("grids", {}).get(name, grid)
             out = TeacherOutput(
                 torch.zeros(1, *grid, channels),
                 None if cls_channels is None else torch.zeros(1, cls_channels),
@@ -184,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     images = images.permute(0, 3, 1, 2).contiguous().to(device)
     keys = [f"s{i:04d}" for i in range(args.samples)]
     measured, sam_rows = {}, {}
-    for name in FIVE:
+    for name in (*FIVE, *NEW):
         teacher = load_teacher(name, "tiny", device=device)
         out = teacher(images).to("cpu")
         measured[name] = {
