@@ -6,8 +6,10 @@ Shards are written atomically, so a feature shard under its final name is comple
 removes stale temporary files of a killed run, skips shards whose keys already equal the image
 shard's, and redoes the rest. Rank 0 alone writes the manifest (under its lock), after every
 rank reported success: the teacher's spec, storage dtype and stored grid, and the splits that
-are complete. Run as ``torchrun --nproc_per_node N -m distill.preprocess.extract ...`` or without
-torchrun; scripts/preprocessing/feature_extraction.py is the same command.
+are complete. A video teacher (``vjepa2``) gets each frame's target from its video's frames in
+order (:mod:`distill.preprocess.video_targets`), so it needs a frames dataset. Run as
+``torchrun --nproc_per_node N -m distill.preprocess.extract ...`` or without torchrun;
+scripts/preprocessing/feature_extraction.py is the same command.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, wr
 from distill.features import TeacherOutput
 from distill.preprocess.background import background
 from distill.preprocess.cli import setup_logging
+from distill.preprocess.video_targets import VideoTargets, check_video_dataset, video_teachers
 from distill.teachers.base import Teacher
 from distill.teachers.precision import TEACHER_PRECISIONS, TeacherPrecision, check_precision, run_teacher
 from distill.teachers.registry import Source, get_entry, load_teacher
@@ -126,6 +129,7 @@ def run_extraction(
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     manifest = load_manifest(cfg.dataset)
+    check_video_dataset(cfg.dataset, manifest, teachers)
     splits = cfg.splits or tuple(manifest.splits)
     for split in splits:
         manifest.split(split, cfg.dataset)
@@ -394,6 +398,10 @@ def _run_tasks(
 ) -> None:
     """Decode (a thread, running ahead across shard boundaries) -> forward (here) -> encode and write (a thread)."""
     current: _OpenShard | None = None
+    video = {
+        name: VideoTargets(cfg.dataset, manifest, teachers[name], cfg.precision, cfg.batch_size)
+        for name in video_teachers(teachers)
+    }
     with ThreadPoolExecutor(1) as writer:
         try:
             for task, keys, images in background(_task_batches(cfg, manifest.canonical_size, tasks), depth=3):
@@ -402,7 +410,12 @@ def _run_tasks(
                         report.written += [str(p) for p in current.finish()]
                         report.shards_written += 1
                     current = _OpenShard(cfg, task)
-                outputs = {name: run_teacher(teachers[name], images, cfg.precision) for name in task.pending}
+                outputs = {
+                    name: video[name].features(task.shard.name, keys)
+                    if name in video
+                    else run_teacher(teachers[name], images, cfg.precision)
+                    for name in task.pending
+                }
                 current.submit(writer, records, keys, outputs)
                 report.samples += len(keys)
                 bar.update(len(keys))
