@@ -47,8 +47,12 @@ def make_config(**overrides: Any) -> StudentConfig:
 
 
 def make_student(seed: int = 0, **overrides: Any) -> Student:
+    """A random student; its pixel head (zero at construction, see PixelHead) random too, as once trained."""
     torch.manual_seed(seed)
-    return Student(make_config(**overrides)).eval()
+    student = Student(make_config(**overrides)).eval()
+    if student.pixel_head is not None:
+        torch.nn.init.normal_(student.pixel_head.linear.weight, std=0.05)
+    return student
 
 
 def make_stats(config: StudentConfig, seed: int = 1) -> dict[str, FeatureStats]:

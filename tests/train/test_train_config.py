@@ -93,6 +93,14 @@ def test_model_overrides_apply_on_top_of_the_preset() -> None:
     assert (built.size, built.d_z, built.bottleneck, built.patch_size) == ("deit_base", 256, "none", 16)
 
 
+def test_sim_preset_is_the_tiny_student_with_keypoints_on_the_sim_schedule() -> None:
+    spec = load_teacher("dinov2", "tiny", device="cpu").spec
+    cfg = run_config("preset=sim", "model.d_z=64")
+    built = student_config(cfg, {"dinov2": spec}, image_size=64)
+    assert (built.size, built.d_z, built.z_keypoints, built.patch_size) == ("tiny", 64, 4, 8)
+    assert (cfg.training.steps, cfg.training.lr, cfg.init_from) == (2000, 2e-3, None)
+
+
 def test_finetune_preset_lowers_lr_and_needs_init_from() -> None:
     with pytest.raises(ConfigError, match=r"^init_from: missing required value"):
         run_config("preset=finetune")
@@ -165,7 +173,7 @@ def test_help_shows_usage_and_groups(
     assert "torchrun --nproc_per_node=8 scripts/train_rvfm.py" in text
     for line in (
         "model: deit_base, deit_small, deit_tiny, tiny",
-        "preset: finetune, train",
+        "preset: finetune, sim, train",
         "teachers: all5, cdm, dinov2",
     ):
         assert line in text

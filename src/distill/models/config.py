@@ -35,6 +35,9 @@ class StudentConfig:
     bottleneck: Bottleneck = "cls"
     d_z: int  # width of the compact representation z
     z_norm: ZNorm = "batch"  # z standardised over the batch (models/znorm.py) | none
+    # Spatial-softmax keypoints (models/keypoints.py): the last 2 * z_keypoints dimensions of z are
+    # (x, y) image positions pooled from the patch tokens, which the token decoder draws back as heatmaps.
+    z_keypoints: int = 0
     # z as integer codes (models/quantize.py), after z_norm: none | fsq | vq. Each code covers
     # len(fsq_levels) (fsq) or vq_code_dim (vq) consecutive dimensions of z, which d_z must be a multiple of.
     quantizer: QuantizerKind = "none"
@@ -81,6 +84,11 @@ class StudentConfig:
         for name, value in sizes.items():
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 <= 2 * self.z_keypoints < self.d_z:
+            raise ValueError(
+                f"z_keypoints={self.z_keypoints} takes {2 * self.z_keypoints} of z's d_z={self.d_z} dimensions; "
+                "it must be >= 0 and leave at least one dimension for the CLS summary"
+            )
         if self.bottleneck == "none":
             given = [
                 f"{name}={value}"

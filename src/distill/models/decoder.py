@@ -7,24 +7,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.models.config import ZNorm
+from distill.models.keypoints import KeypointPooling, heatmaps, points_from_z, points_to_z
 from distill.models.znorm import ZBatchNorm
 
 
 class ZProjection(nn.Module):
-    """Backbone CLS output [B, D] -> z [B, d_z]: LayerNorm + Linear, then (``z_norm="batch"``) z batch norm."""
+    """Backbone tokens [B, 1 + h*w, D] -> z [B, d_z].
 
-    def __init__(self, width: int, d_z: int, z_norm: ZNorm) -> None:
+    The first ``d_z - 2 * keypoints`` dimensions summarise the CLS token (LayerNorm + Linear, then,
+    with ``z_norm="batch"``, z batch norm); the last ``2 * keypoints`` are spatial-softmax keypoints
+    of the patch tokens (models/keypoints.py), positions the decoder reads back.
+    """
+
+    def __init__(self, width: int, d_z: int, z_norm: ZNorm, keypoints: int = 0) -> None:
         super().__init__()
+        summary = d_z - 2 * keypoints
         # Batch norm removes any constant shift of z, so biases before it would get a zero gradient,
         # which Adam turns into steps of full size in the direction of rounding noise: leave them out.
         shifts = z_norm != "batch"
         self.norm = nn.LayerNorm(width, bias=shifts)
-        self.linear = nn.Linear(width, d_z, bias=shifts)
-        self.z_norm = ZBatchNorm(d_z) if z_norm == "batch" else None
+        self.linear = nn.Linear(width, summary, bias=shifts)
+        self.z_norm = ZBatchNorm(summary) if z_norm == "batch" else None
+        self.keypoints = KeypointPooling(width, keypoints) if keypoints else None
 
-    def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
-        z = self.linear(self.norm(cls_token))
-        return z if self.z_norm is None else self.z_norm(z)
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        z = self.linear(self.norm(tokens[:, 0]))
+        if self.z_norm is not None:
+            z = self.z_norm(z)
+        if self.keypoints is None:
+            return z
+        return torch.cat([z, points_to_z(self.keypoints(tokens[:, 1:], grid))], dim=1)
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
@@ -72,15 +84,21 @@ class TokenDecoder(nn.Module):
 
     One learned query per position of the student's patch grid, initialised to sine-cosine codes
     (resampled bicubically for another input resolution, like ViT position embeddings). z enters twice: added to every query and
-    prepended as an extra token the blocks attend to; that token is dropped at the end.
+    prepended as an extra token the blocks attend to; that token is dropped at the end. With
+    ``keypoints``, z's last ``2 * keypoints`` dimensions are points, each drawn as a Gaussian heatmap
+    (one cell of the training grid wide) that a linear map adds to the queries.
     """
 
-    def __init__(self, d_z: int, dim: int, depth: int, heads: int, grid: tuple[int, int]) -> None:
+    def __init__(
+        self, d_z: int, dim: int, depth: int, heads: int, grid: tuple[int, int], keypoints: int = 0
+    ) -> None:
         super().__init__()
         self.grid = grid
+        self.keypoints = keypoints
         self.queries = nn.Parameter(sincos_2d(grid, dim)[None])
         self.z_add = nn.Linear(d_z, dim)
         self.z_token = nn.Linear(d_z, dim)
+        self.heatmap_add = nn.Linear(keypoints, dim) if keypoints else None
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
@@ -95,6 +113,10 @@ class TokenDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         queries = self.positional_queries(grid) + self.z_add(z)[:, None]
+        if self.heatmap_add is not None:
+            points = points_from_z(z[:, z.shape[1] - 2 * self.keypoints :])
+            sigma = (1.0 / self.grid[1], 1.0 / self.grid[0])
+            queries = queries + self.heatmap_add(heatmaps(points, grid, sigma))
         x = torch.cat([self.z_token(z)[:, None], queries], dim=1)
         for block in self.blocks:
             x = block(x)

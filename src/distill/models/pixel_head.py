@@ -21,6 +21,10 @@ class PixelHead(nn.Module):
         self.patch_size = patch_size
         self.norm = nn.LayerNorm(in_dim)
         self.linear = nn.Linear(in_dim, patch_size * patch_size * 3)
+        # Zero start: the first prediction is the canvas itself, not the canvas plus random patches
+        # whose error the early steps would spend undoing (the linear layer still gets gradients).
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
         self.canvas = nn.Parameter(torch.full((1, 3, image_size, image_size), 0.5))
 
     @torch.no_grad()

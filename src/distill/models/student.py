@@ -64,14 +64,19 @@ class Student(nn.Module):
         width = config.backbone.width
         self.register_buffer("pixel_mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
-        self.to_z = ZProjection(width, config.d_z, config.z_norm)
+        self.to_z = ZProjection(width, config.d_z, config.z_norm, config.z_keypoints)
         self.quantizer: Quantizer | None = build_quantizer(config)
         self.decoder: TokenDecoder | None = None
         grid_dim = width
         if config.bottleneck == "cls":
             grid_dim = config.decoder_dim_resolved
             self.decoder = TokenDecoder(
-                config.d_z, grid_dim, config.decoder_depth, config.decoder_heads_resolved, config.grid
+                config.d_z,
+                grid_dim,
+                config.decoder_depth,
+                config.decoder_heads_resolved,
+                config.grid,
+                keypoints=config.z_keypoints,
             )
         self.heads = nn.ModuleDict(
             {
@@ -111,16 +116,20 @@ class Student(nn.Module):
 
         With a quantiser z is the quantised z, and ``codes=True`` gives its integer codes [B, codes] instead.
         """
-        z, quantized = self._project(self.backbone_tokens(images)[:, 0])
+        z, quantized = self._project(self.backbone_tokens(images), self.grid_of(images))
         if not codes:
             return z
         if quantized is None:
             raise ValueError("this student has no quantiser (model.quantizer=none): it has no codes")
         return quantized.codes
 
-    def _project(self, cls_token: torch.Tensor) -> tuple[torch.Tensor, Quantized | None]:
-        """Backbone CLS -> (z, its quantisation or None); z is the quantised z when there is one."""
-        z = self.to_z(cls_token)
+    def grid_of(self, images: torch.Tensor) -> tuple[int, int]:
+        """The patch grid (rows, columns) of a batch of images."""
+        return images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size
+
+    def _project(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, Quantized | None]:
+        """Backbone tokens -> (z, its quantisation or None); z is the quantised z when there is one."""
+        z = self.to_z(tokens, grid)
         if self.quantizer is None:
             return z, None
         quantized = self.quantizer(z)
@@ -148,8 +157,8 @@ class Student(nn.Module):
         self.train()
         try:
             with norm.recalibrating():
-                for images in batches:
-                    self.to_z(self.backbone_tokens(images)[:, 0])  # not the quantiser: no codebook update
+                for images in batches:  # z before the quantiser: no codebook update
+                    self.to_z(self.backbone_tokens(images), self.grid_of(images))
                     seen += images.shape[0]
         finally:
             self.train(was_training)
@@ -181,8 +190,8 @@ class Student(nn.Module):
     def forward(self, images: torch.Tensor) -> StudentOutput:
         """Images [B, 3, H, W] (uint8 or float [0, 1], H and W multiples of the patch size) -> all predictions."""
         tokens = self.backbone_tokens(images)
-        z, quantized = self._project(tokens[:, 0])
-        grid = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
+        grid = self.grid_of(images)
+        z, quantized = self._project(tokens, grid)
         if self.decoder is not None:
             out = self._heads(z, self.decoder(z, grid))
         else:
