@@ -11,11 +11,13 @@ z, and ridge probes from z and from PCA to the agent and block positions.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,8 +62,11 @@ def build_dataset(work: Path, episodes: int, frames: int, size: int) -> Path:
     return dataset
 
 
-def train(dataset: Path, work: Path, d_z: int, steps: int) -> Path:
-    run = work / "runs" / f"dz{d_z}"
+def train(
+    dataset: Path, work: Path, d_z: int, steps: int, name: str | None = None, overrides: Sequence[str] = ()
+) -> Path:
+    """One ``model=tiny training=sim`` run (``overrides`` appended) in ``work/runs/<name>``; reused when done."""
+    run = work / "runs" / (name or f"dz{d_z}")
     if (run / "student" / "model.safetensors").is_file():
         return run / "student"
     command = [
@@ -83,12 +88,13 @@ def train(dataset: Path, work: Path, d_z: int, steps: int) -> Path:
         f"output_dir={run.parent}",
         f"run_name={run.name}",
         "device=cpu",
+        *overrides,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"training d_z={d_z} failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"training {run.name} failed:\n{result.stderr[-4000:]}")
     (run / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     return run / "student"
 
@@ -101,16 +107,21 @@ def point(dataset: Path, student_dir: Path, d_z: int) -> dict[str, Any]:
     return {"d_z": d_z, "train_seconds": seconds, **report.to_dict()}
 
 
-def main() -> int:
-    parser = base_parser("latent_quality", __doc__)
+def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int, plot: str) -> None:
+    """The options of a curve of PushT runs (this script and bits_curve.py): data, run length, plot."""
     parser.add_argument("--work", type=Path, required=True, help="folder for the episodes, dataset and runs")
-    parser.add_argument("--dz", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=episodes)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / "dz_curve.png")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / plot)
+
+
+def main() -> int:
+    parser = base_parser("latent_quality", __doc__)
+    run_arguments(parser, episodes=100, steps=2000, plot="dz_curve.png")
+    parser.add_argument("--dz", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args()
     dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
     with ThreadPoolExecutor(args.parallel) as pool:

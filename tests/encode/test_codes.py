@@ -20,6 +20,7 @@ from distill.data.latents import (
     read_video_latents,
     video_path,
 )
+from distill.decode import PIXEL_HEAD, decode_z
 from distill.distributed import DistContext
 from distill.encode import EncodeConfig, run_encoding
 from distill.models import Student
@@ -62,6 +63,10 @@ def test_the_export_writes_each_frames_codes_and_z_is_what_they_stand_for(
     assert batch.codes is not None and batch.codes.shape == (3, 4, 2)
     with torch.no_grad():
         assert torch.equal(model.codes_to_z(batch.codes.flatten(0, 1)), batch.z.flatten(0, 1))
+    loaded = Student.from_pretrained(latents.parent / "student")  # with its stats, as decode_z needs
+    from_codes, from_z = (decode_z(loaded, x, "pca,pixels") for x in (video.codes, video.z))
+    assert torch.equal(from_codes.pixels[PIXEL_HEAD], from_z.pixels[PIXEL_HEAD])
+    assert torch.equal(from_codes.pca["dinov2"], from_z.pca["dinov2"])
 
 
 def test_the_world_model_learns_codes_by_cross_entropy(

@@ -59,7 +59,8 @@ def decode_z(
     reference_images: torch.Tensor | None = None,
     batch_size: int = 16,
 ) -> DecodedFrames:
-    """z [T, d_z] (encoded frames or a world-model rollout) -> decoded frames, no images needed.
+    """z [T, d_z] (encoded frames or a world-model rollout; or a quantised student's integer codes
+    [T, codes]) -> decoded frames, no images needed.
 
     Features are predicted from z alone (``model.predict(z, denormalize=True)``) and decoded with
     the teachers' decoders; one PCA basis is fitted over all T frames unless ``pca_bases`` is given.
@@ -67,6 +68,8 @@ def decode_z(
     ``reference_images`` [T, 3, S, S] are needed only by an MAE teacher trained with norm_pix_loss
     (its pixels then take each patch's mean/variance from these images).
     """
+    if not z.is_floating_point():
+        z = model.codes_to_z(z)
     if z.ndim != 2 or z.shape[1] != model.config.d_z or z.shape[0] == 0:
         raise ValueError(f"z must be [T, {model.config.d_z}] with T >= 1, got {tuple(z.shape)}")
     if batch_size <= 0:
