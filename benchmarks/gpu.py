@@ -94,7 +94,7 @@ def make_plan(smoke: bool, weights: bool) -> Plan:
         return Plan("tiny", 64, 8, 4, 2, ("tiny",), 0, 1, 1, 1, 2, "eager")
     workers = max(1, min(12, (os.cpu_count() or 2) - 2))
     return Plan(
-        "hub" if weights else "random", 224, 512, 64, 256, ("deit_small", "deit_base"), 3, 10, 3, workers, 16,
+        "hub" if weights else "random", 224, 256, 32, 256, ("deit_small", "deit_base"), 3, 10, 3, workers, 16,
         "inductor",
     )  # fmt: skip
 

@@ -8,7 +8,8 @@ For each: raw loader samples/s for 0, 1 and 2 DataLoader workers (and with 2 wor
 stored dtype, finished by the main process: ``LoaderConfig.device``); samples/s of iterating the same
 batches from a list in memory; and steps/s with an emulated accelerator step (``--step-ms`` of
 sleep per batch, during which the CPU is free, as when the student runs on a GPU) with the real
-loader vs with the in-memory batches. That last ratio is the one the target is about.
+loader vs with the in-memory batches, both warmed up and timed interleaved ``--repeats`` times
+(median and range in ``step_timing``). That last ratio is the one the target is about.
 
 Memory: the peak RSS of a process that runs the training loader over one epoch of real-size
 features (five teachers, int8, full SAM grid) with a shuffle buffer larger than a stream, once
@@ -24,7 +25,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import FIVE, base_parser, machine, synthetic_dataset, write_result
+from common import FIVE, base_parser, machine, paired_ratio, synthetic_dataset, write_result
 from distill.data.codec import encode_batch
 from distill.data.dataset import Batch, open_view
 from distill.data.loader import LoaderConfig, sample_bytes, stream_buffer, train_batches
@@ -87,7 +88,7 @@ def timed(batches: Iterator[Batch], count: int, step_s: float) -> float:
     return time.perf_counter() - start
 
 
-def run(cfg: LoaderConfig, count: int, step_ms: float) -> dict[str, Any]:
+def run(cfg: LoaderConfig, count: int, step_ms: float, repeats: int) -> dict[str, Any]:
     samples = count * cfg.global_batch
     out: dict[str, Any] = {}
     for workers in (0, 1, 2):
@@ -98,12 +99,22 @@ def run(cfg: LoaderConfig, count: int, step_ms: float) -> dict[str, Any]:
     memory = list(itertools.islice(train_batches(cfg), count + 1))
     out["memory_samples_per_s"] = round(samples / timed(iter(memory), count, 0.0), 1)
     step_s = step_ms / 1e3
-    with_loader = timed(train_batches(replace(cfg, num_workers=2)), count, step_s)
-    with_memory = timed(iter(memory), count, step_s)
+    stream = train_batches(replace(cfg, num_workers=2))  # one loader, warmed up, as in training
+
+    def steps(batches: Callable[[], Iterator[Batch]]) -> Callable[[], None]:
+        def go() -> None:
+            for batch in itertools.islice(batches(), count):
+                batch.images[:, :, 0, 0].sum()
+                time.sleep(step_s)
+
+        return go
+
+    fed = paired_ratio(steps(lambda: iter(memory[1:])), steps(lambda: stream), repeats)
     out["emulated_step_ms"] = step_ms
-    out["steps_per_s_loader_workers_2"] = round(count / with_loader, 2)
-    out["steps_per_s_memory"] = round(count / with_memory, 2)
-    out["step_ratio"] = round(with_memory / with_loader, 3)
+    out["steps_per_s_loader_workers_2"] = round(count / fed["candidate_seconds"]["median"], 2)
+    out["steps_per_s_memory"] = round(count / fed["reference_seconds"]["median"], 2)
+    out["step_ratio"] = fed["ratio"]["median"]
+    out["step_timing"] = fed
     return out
 
 
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
     parser.add_argument("--step-ms", type=float, default=100.0, help="emulated accelerator step per batch")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the step comparison")
     parser.add_argument("--skip-real-sizes", action="store_true")
     parser.add_argument("--memory-images", type=int, default=600, help="real-size images of the memory run")
     parser.add_argument(
@@ -210,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             num_streams=2,
             shuffle_buffer=64,
         )
-        results["tiny_teachers_int8"] = run(cfg, args.batches, args.step_ms)
+        results["tiny_teachers_int8"] = run(cfg, args.batches, args.step_ms, args.repeats)
         if not args.skip_real_sizes:
             real = synthetic_dataset(root / "real", args.images, args.size, 32)
             add_real_size_features(real)
             compute_stats(StatsConfig(real, FIVE, "train", root / "stats_real"))
             cfg = replace(cfg, dataset=real, stats_dir=root / "stats_real")
-            results["real_sizes_int8_synthetic_features"] = run(cfg, args.batches, args.step_ms)
+            results["real_sizes_int8_synthetic_features"] = run(cfg, args.batches, args.step_ms, args.repeats)
         if not args.skip_memory:
             results["peak_rss_real_sizes"] = memory(
                 root, args.memory_images, args.size, 2, args.memory_bound_gb
