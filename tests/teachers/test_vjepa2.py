@@ -13,13 +13,6 @@ from distill.teachers.vjepa2 import VJepa2Teacher, clip_windows
 
 
 @pytest.fixture(scope="module")
-def vjepa2() -> VJepa2Teacher:
-    teacher = load_teacher("vjepa2", device="cpu")
-    assert isinstance(teacher, VJepa2Teacher)
-    return teacher
-
-
-@pytest.fixture(scope="module")
 def frames() -> torch.Tensor:
     """Ten distinct frames of one 'video', uint8 [10, 3, 64, 64]."""
     return scene_batch(10, seed=7)

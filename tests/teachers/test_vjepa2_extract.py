@@ -17,16 +17,8 @@ from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.preprocess.video_targets import VideoTargets
 from distill.stats import StatsAccumulator
 from distill.synthetic import write_image_folder, write_video
-from distill.teachers import load_teacher
 from distill.teachers.vjepa2 import VJepa2Teacher
 from distill.train.online import OnlineTargets
-
-
-@pytest.fixture(scope="module")
-def vjepa2() -> VJepa2Teacher:
-    teacher = load_teacher("vjepa2", device="cpu")
-    assert isinstance(teacher, VJepa2Teacher)
-    return teacher
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ class VideoTargets:
             for i, shard in enumerate(info.shards)
         }
         self.shards: dict[str, list[_Frame]] = {}  # the few shards the current videos touch
-        self.video: tuple[str, dict[str, torch.Tensor]] | None = None  # video id, key -> target
+        self.video: dict[str, torch.Tensor] | None = None  # the current video's targets by key
 
     def features(self, shard: str, keys: list[str]) -> TeacherOutput:
         """Targets ``[len(keys), h, w, C]`` of these keys of ``shard``, one per frame."""
@@ -91,10 +91,9 @@ class VideoTargets:
         for key in keys:
             if key not in by_key:
                 raise ShardError(f"{self._path(shard)}: no key {key!r} in this shard", self._path(shard), key)
-            video_id = by_key[key].video_id
-            if self.video is None or self.video[0] != video_id:
-                self.video = (video_id, self._video_targets(shard, video_id))
-            rows.append(self.video[1][key])
+            if self.video is None or key not in self.video:
+                self.video = self._video_targets(shard, by_key[key].video_id)
+            rows.append(self.video[key])
         return TeacherOutput(patch=torch.stack(rows), cls=None)
 
     def _path(self, shard: str) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersModel
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersModel, DINOv3ViTModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from distill.features import TeacherOutput, TeacherSpec
@@ -65,13 +65,16 @@ def dinov2_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
 
 def register_tokens(config: Any) -> int:
     """Tokens between CLS and the patches: the config's register count for register checkpoints, else 0."""
-    return int(config.num_register_tokens) if config.model_type == "dinov2_with_registers" else 0
+    with_registers = config.model_type in ("dinov2_with_registers", "dinov3_vit")
+    return int(config.num_register_tokens) if with_registers else 0
 
 
 class Dinov2Teacher(Teacher):
     """DINOv2 (with or without registers): final-layernorm patch tokens and CLS token."""
 
-    def __init__(self, model: Dinov2Model | Dinov2WithRegistersModel, spec: TeacherSpec) -> None:
+    def __init__(
+        self, model: Dinov2Model | Dinov2WithRegistersModel | DINOv3ViTModel, spec: TeacherSpec
+    ) -> None:
         super().__init__(spec)
         self.model = model
         self.prefix_tokens = 1 + register_tokens(model.config)

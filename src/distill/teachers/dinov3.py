@@ -13,20 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from distill.features import TeacherOutput, TeacherSpec
+from distill.features import TeacherSpec
 from distill.teachers._hf import (
     load_pretrained,
     processor_input_size,
     read_preprocessor,
     seeded,
-    tokens_to_grid,
     vit_spec,
 )
-from distill.teachers.base import Teacher
+from distill.teachers.dinov2 import Dinov2Teacher
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 NAME = "dinov3"
@@ -59,19 +57,8 @@ def dinov3_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
     )
 
 
-class Dinov3Teacher(Teacher):
-    """DINOv3 ViT: final-layernorm patch tokens (registers dropped) and CLS token."""
-
-    def __init__(self, model: DINOv3ViTModel, spec: TeacherSpec) -> None:
-        super().__init__(spec)
-        self.model = model
-        self.prefix_tokens = 1 + int(model.config.num_register_tokens)
-
-    def encode(self, pixel_values: torch.Tensor) -> TeacherOutput:
-        hidden = self.model(pixel_values=pixel_values).last_hidden_state
-        return TeacherOutput(
-            patch=tokens_to_grid(hidden[:, self.prefix_tokens :], self.spec), cls=hidden[:, 0]
-        )
+class Dinov3Teacher(Dinov2Teacher):
+    """DINOv3 ViT: DINOv2's targets (final-layernorm patch tokens after CLS and the registers, CLS token)."""
 
 
 def build_tiny() -> Dinov3Teacher:
