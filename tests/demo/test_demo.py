@@ -1,5 +1,5 @@
-"""`make demo` at a reduced size: every real step (organize, torchrun extraction and training,
-stats, check, decoding) and the report, asserted on what a newcomer would look at."""
+"""`make demo` at a reduced size: every real step (simulation, subsample_videos, torchrun extraction and
+training, stats, check, evaluation, decoding) and the report, asserted on what a newcomer would look at."""
 
 from __future__ import annotations
 
@@ -15,39 +15,48 @@ from distill.demo.pipeline import DemoConfig, run_demo
 from distill.demo.report import loss_series, write_report
 
 pytestmark = pytest.mark.slow
+HELD_OUT = "episode_000007"  # of episodes 0-7, the one whose name hashes into the val split
 
 
 def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
-    cfg = DemoConfig(output=tmp_path, classes=2, per_class=8, video_frames=4, steps=6, batch_size=4)
+    cfg = DemoConfig(output=tmp_path, episodes=8, frames=8, steps=60, batch_size=8)
     result = run_demo(cfg)
     report = write_report(result)
 
     manifest = json.loads((result.dataset / "manifest.json").read_text())
+    assert manifest["kind"] == "videos"
+    assert {name: split["count"] for name, split in manifest["splits"].items()} == {"train": 56, "val": 8}
     assert set(manifest["teachers"]) == {"clip", "dinov2", "mae", "sam", "depth_anything"}
     assert sorted(p.stem for p in result.stats_dir.glob("*.safetensors")) == sorted(manifest["teachers"])
 
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records if r["kind"] == "train") == cfg.steps
     assert any(r["kind"] == "val" for r in records)
+    assert "z_keypoints: 4" in (result.run_dir / "config.yaml").read_text()  # preset=sim
 
-    decoded = result.decoded / "clip.mp4"
-    with av.open(str(decoded)) as container:
+    assert result.held_out == result.videos / f"{HELD_OUT}.mp4"
+    with av.open(str(result.decoded / f"{HELD_OUT}.mp4")) as container:
         stream = container.streams.video[0]
-        assert stream.average_rate == cfg.video_fps
-        assert sum(1 for _ in container.decode(stream)) == cfg.video_frames
+        assert stream.average_rate == 10  # the simulator's control rate
+        assert sum(1 for _ in container.decode(stream)) == cfg.frames
 
     text = report.read_text()
-    assert "![loss curve](loss_curve.png)" in text and "decoded/clip.mp4" in text
+    assert "![loss curve](loss_curve.png)" in text and f"decoded/{HELD_OUT}.mp4" in text
     for line in text.splitlines():
         if line.startswith("!["):
             assert (tmp_path / line.split("(")[1].rstrip(")")).is_file(), line
     assert Image.open(tmp_path / "loss_curve.png").size == (640, 400)
-    assert [s.name for s in result.steps][-1] == "decode the video: student vs teachers"
+    assert [s.name for s in result.steps][-1] == "decode a held-out episode: student vs teachers"
+
     evaluation = json.loads((result.evaluation / "report.json").read_text())
-    assert (
-        f"{evaluation['pixels']['pca']['psnr_mean']:.2f}" in text
-    )  # the report carries the evaluation table
-    assert evaluation["frames"]["eval"] == manifest["splits"]["val"]["count"]
+    assert evaluation["frames"] == {"train": 56, "eval": 8}
+    pixels = evaluation["pixels"]
+    for row, name in (("decoded from z", "z"), ("mean image", "mean_image")):
+        assert f"| {row} | {pixels[name]['psnr_mean']:.2f} |" in text  # the report carries the table
+    assert pixels["z"]["psnr_mean"] > pixels["mean_image"]["psnr_mean"]  # z carries more than the mean frame
+    probe = evaluation["probe"]
+    assert (len(probe["state"]["z"]), len(probe["action"]["z"])) == (5, 2)  # the simulator's sidecar rows
+    assert f"| state[2] | {probe['state']['z'][2]:.3f} |" in text
     assert (result.student / "config.json").is_file() and (result.student / "model.safetensors").is_file()
 
 

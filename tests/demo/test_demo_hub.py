@@ -48,9 +48,8 @@ def test_demo_with_real_teacher_loading_from_local_paths(tmp_path: Path) -> None
         output=tmp_path / "demo",
         teacher_source="hub",
         weights=tuple(sorted(weights.items())),
-        classes=2,
-        per_class=8,
-        video_frames=3,
+        episodes=8,
+        frames=3,
         steps=4,
         batch_size=4,
     )
@@ -62,5 +61,6 @@ def test_demo_with_real_teacher_loading_from_local_paths(tmp_path: Path) -> None
     }
     resolved = (result.run_dir / "config.yaml").read_text()
     assert all(path in resolved for path in weights.values())
-    with av.open(str(result.decoded / "clip.mp4")) as container:
-        assert sum(1 for _ in container.decode(video=0)) == cfg.video_frames
+    assert result.held_out is not None
+    with av.open(str(result.decoded / f"{result.held_out.stem}.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == cfg.frames

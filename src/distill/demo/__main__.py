@@ -1,4 +1,4 @@
-"""``python -m distill.demo`` (``make demo``): the whole pipeline on procedural data, then a report."""
+"""``python -m distill.demo`` (``make demo``): the whole pipeline on simulated PushT episodes, then a report."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=WEIGHTS",
         help="hub id, dir or file per teacher",
     )
+    parser.add_argument("--episodes", type=int, default=DemoConfig.episodes, help="PushT episodes to render")
+    parser.add_argument("--frames", type=int, default=DemoConfig.frames, help="frames per episode")
     parser.add_argument("--steps", type=int, default=DemoConfig.steps)
     parser.add_argument("--image-size", type=int, default=None, help="default: 64 tiny, 224 hub")
     parser.add_argument(
@@ -47,12 +49,16 @@ def main(argv: list[str] | None = None) -> None:
             "--weights picks pretrained teacher weights, but --teachers tiny builds random miniatures; "
             "add --teachers hub or drop --weights"
         )
+    image_size = args.image_size or (224 if hub else DemoConfig.image_size)
     cfg = DemoConfig(
         output=args.output.resolve(),
         teacher_source=args.teachers,
         weights=parse_weights(args.weights),
-        image_size=args.image_size or (224 if hub else DemoConfig.image_size),
+        image_size=image_size,
+        render_size=max(DemoConfig.render_size, image_size),  # never upsample the simulator's frames
         model=args.model or ("deit_small" if hub else DemoConfig.model),
+        episodes=args.episodes,
+        frames=args.frames,
         steps=args.steps,
     )
     started = time.perf_counter()
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     report = write_report(result)
     print(f"\n[demo] done in {time.perf_counter() - started:.0f} s")
     print(f"[demo] report:    {report}")
+    print(f"[demo] evaluated: {result.evaluation / 'report.md'}")
     print(f"[demo] decoded:   {result.decoded}")
     print(f"[demo] run dir:   {result.run_dir}")
     print(f"[demo] student:   {result.student} (load it with Student.from_pretrained)")

@@ -1,11 +1,14 @@
-"""The demo pipeline: the same commands a user runs, on procedurally generated data.
+"""The demo pipeline: the same commands a user runs, on PushT episodes from a real simulator.
 
 Each step is a real subprocess (the scripts under ``scripts/``, torchrun for extraction and
-training), printed before it runs, so the demo doubles as a worked example of the CLI.
+training), printed before it runs, so the demo doubles as a worked example of the CLI. The data are
+rendered episodes of gym-pusht (the ``sim`` extra ``make setup`` installs): two moving objects whose
+positions the frames' metadata carry, so the evaluation can ask how well z reads them.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -14,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.synthetic import write_image_folder, write_video
+from distill.data.manifest import IMAGES_DIR, load_manifest
+from distill.data.shards import iter_shard
 
 REPO = Path(__file__).resolve().parents[3]
 TEACHERS = ("clip", "dinov2", "mae", "sam", "depth_anything")
@@ -28,13 +32,14 @@ class DemoConfig:
     teacher_source: str = "tiny"  # tiny | hub
     weights: tuple[tuple[str, str], ...] = ()  # (teacher, hub id / dir / file) for source=hub
     image_size: int = 64  # canonical view side
-    model: str = "tiny"  # a configs/model option
-    classes: int = 8
-    per_class: int = 40
-    video_frames: int = 24
-    video_fps: int = 8
-    steps: int = 600
-    batch_size: int = 8  # per rank
+    model: str = "tiny"  # a configs/model option (preset=sim sets the rest of the recipe)
+    episodes: int = 32  # PushT episodes; about a fifth go to the held-out split, by name
+    frames: int = 32  # frames per episode, 10 per simulated second
+    render_size: int = 96  # rendered frame side (LeRobot's PushT uses 96)
+    val_fraction: float = 0.2
+    steps: int = 300
+    batch_size: int = 32  # per rank
+    pixel_weight: float = 4.0  # pixel_mse x 4: in a run this short, the pixel row is what shows z's content
     processes: int = 2  # torchrun processes for extraction and training
     storage: str = "int8"
 
@@ -50,10 +55,16 @@ class StepResult:
 class DemoResult:
     config: DemoConfig
     steps: list[StepResult] = field(default_factory=list)
+    held_out: Path | None = None  # the held-out episode the decode step draws
+
+    @property
+    def videos(self) -> Path:
+        """distill-simulate's episodes: episode_NNNNNN.mp4 with its .npz of per-frame state and action."""
+        return self.config.output / "media" / "pusht"
 
     @property
     def dataset(self) -> Path:
-        return self.config.output / "data" / "demo"
+        return self.config.output / "data" / "pusht"
 
     @property
     def stats_dir(self) -> Path:
@@ -75,8 +86,12 @@ class DemoResult:
 
     @property
     def evaluation(self) -> Path:
-        """distill-evaluate's report.json / report.md / grid.png on the held-out images."""
+        """distill-evaluate's report.json / report.md / grid.png on the held-out episodes."""
         return self.config.output / "evaluation"
+
+    @property
+    def seconds(self) -> float:
+        return sum(step.seconds for step in self.steps)
 
 
 def script(path: str) -> list[str]:
@@ -99,6 +114,7 @@ HUB_HINT = (
     "python -m distill.demo --teachers hub --weights dinov2=/models/dinov2-large "
     "--weights sam=vit_h:/models/sam_vit_h_4b8939.pth ... (README, 'Teachers')"
 )
+SIM_HINT = "the simulator is the 'sim' extra: make setup installs it (or pip install -e '.[sim]')"
 
 
 def run_step(result: DemoResult, name: str, command: Sequence[str], hint: str = "") -> None:
@@ -117,37 +133,50 @@ def run_step(result: DemoResult, name: str, command: Sequence[str], hint: str = 
     print(f"[demo] {name}: {seconds:.1f} s", flush=True)
 
 
-def generate_media(cfg: DemoConfig) -> tuple[Path, Path]:
-    """A procedural image folder (ImageNet-style classes) and a short procedural video."""
-    images = cfg.output / "media" / "images"
-    write_image_folder(images, classes=cfg.classes, per_class=cfg.per_class, size=(120, 96), seed=0)
-    video = write_video(
-        cfg.output / "media" / "clip.mp4", frames=cfg.video_frames, size=(96, 96), fps=cfg.video_fps
-    )
-    return images, video
+def held_out_video(result: DemoResult) -> Path:
+    """The first video subsample_videos put in the val split: an episode the student never trained on."""
+    manifest = load_manifest(result.dataset)
+    if "val" not in manifest.splits:
+        raise SystemExit(
+            f"[demo] {result.dataset}: no episode fell into the held-out split "
+            f"({result.config.episodes} episodes, val fraction {result.config.val_fraction}); "
+            "render more episodes (DemoConfig.episodes)"
+        )
+    shard = result.dataset / IMAGES_DIR / manifest.split("val").shards[0].name
+    first = next(iter_shard(shard))
+    return result.videos / json.loads(first.files["json"])["source"]
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     result = DemoResult(cfg)
-    started = time.perf_counter()
-    images, video = generate_media(cfg)
-    result.steps.append(
-        StepResult("generate images and video", "distill.synthetic", time.perf_counter() - started)
-    )
     weights_flags = [f"--weights={name}={value}" for name, value in cfg.weights]
     run_step(
         result,
-        "organize images into shards",
+        "simulate PushT episodes (video + per-frame state and action)",
         [
-            *script("preprocessing/organize_webdataset.py"),
-            str(images),
+            *script("simulate_pusht.py"),
+            str(result.videos),
+            f"--episodes={cfg.episodes}",
+            f"--frames={cfg.frames}",
+            f"--size={cfg.render_size}",
+        ],
+        hint=SIM_HINT,
+    )
+    run_step(
+        result,
+        "cut the videos into frame shards (whole episodes held out)",
+        [
+            *script("preprocessing/subsample_videos.py"),
+            str(result.videos),
             str(result.dataset),
+            "--every-n=1",
             f"--size={cfg.image_size}",
-            "--samples-per-shard=8",
-            "--val-fraction=0.15",
+            f"--samples-per-shard={cfg.frames}",
+            f"--val-fraction={cfg.val_fraction}",
             "--overwrite",
         ],
     )
+    result.held_out = held_out_video(result)
     run_step(
         result,
         f"extract teacher features ({cfg.processes} processes)",
@@ -188,14 +217,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             "teachers=all5",
             f"teacher_source={cfg.teacher_source}",
             *[f"teachers.{name}.weights={value}" for name, value in cfg.weights],
+            "preset=sim",
             f"model={cfg.model}",
             f"training.steps={cfg.steps}",
             f"training.batch_size={cfg.batch_size}",
-            "training.lr=1e-3",
             f"training.warmup_steps={max(1, cfg.steps // 10)}",
-            f"training.val_every={max(1, cfg.steps // 5)}",
+            f"training.val_every={max(1, cfg.steps // 4)}",
             f"training.checkpoint_every={cfg.steps}",
-            "logging.log_every=5",
+            f"training.loss.pixel_mse={cfg.pixel_weight:g}",
+            "logging.log_every=10",
             "logging.wandb.mode=disabled",
             f"output_dir={result.run_dir.parent}",
             f"run_name={result.run_dir.name}",
@@ -203,7 +233,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     run_step(
         result,
-        "evaluate what z carries (held-out images, against the mean image and PCA of the same width)",
+        "evaluate what z carries (held-out episodes, against the mean image and PCA of the same width)",
         [
             *script("evaluate_latents.py"),
             str(result.student),
@@ -214,11 +244,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     run_step(
         result,
-        "decode the video: student vs teachers",
+        "decode a held-out episode: student vs teachers",
         [
             *script("decoding/decoding_example.py"),
             f"--checkpoint={result.student}",
-            f"--media={video}",
+            f"--media={result.held_out}",
             "--compare-teachers",
             f"--teachers-source={cfg.teacher_source}",
             *[f"--teacher-weights={name}={value}" for name, value in cfg.weights],
@@ -233,4 +263,4 @@ def mask_flags(teacher_source: str) -> list[str]:
     """Random tiny SAM is never confident: keep every mask it proposes, over a coarse point grid."""
     if teacher_source != "tiny":
         return []
-    return ["--points-per-side=8", "--pred-iou-thresh=0", "--stability-score-thresh=0"]
+    return ["--points-per-side=4", "--pred-iou-thresh=0", "--stability-score-thresh=0"]

@@ -1,4 +1,4 @@
-"""The demo's report: a Markdown page with the loss curves, sampled decoded frames and the commands."""
+"""The demo's report: a Markdown page with the loss curves, the evaluation, sampled decoded frames, the commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import av
 
-from distill.demo.pipeline import DemoResult
+from distill.demo.pipeline import TEACHERS, DemoResult
 from distill.demo.plot import line_plot
 from distill.io import atomic_write_text
 
@@ -48,7 +48,7 @@ def sample_frames(video: Path, folder: Path, count: int = 3) -> list[Path]:
 
 def evaluation_lines(folder: Path, out: Path) -> list[str]:
     """distill-evaluate's tables, without its title, with its picture linked from the demo report."""
-    lines = (folder / "report.md").read_text().splitlines()[1:]
+    lines = (folder / "report.md").read_text().split("\n", 1)[1].strip("\n").splitlines()
     return [line.replace("](grid.png)", f"]({(folder / 'grid.png').relative_to(out)})") for line in lines]
 
 
@@ -61,22 +61,25 @@ def write_report(result: DemoResult) -> Path:
     first, last = float(train[0]["loss"]), float(train[-1]["loss"])
     videos = sorted(result.decoded.rglob("*.mp4"))
     stills = [still for video in videos for still in sample_frames(video, out)]
+    cfg = result.config
     lines = [
         "# distill demo report",
         "",
-        f"Teachers: {result.config.teacher_source} (clip, dinov2, mae, sam, depth_anything). "
-        f"Canonical view {result.config.image_size} px, student `{result.config.model}`, "
-        f"{result.config.steps} steps on {result.config.processes} processes.",
+        f"Data: {cfg.episodes} PushT episodes of {cfg.frames} frames (gym-pusht, scripted pusher), "
+        f"about a fifth of them held out whole. Teachers: {cfg.teacher_source} "
+        f"({', '.join(TEACHERS)}). Canonical view {cfg.image_size} px, student `{cfg.model}` "
+        f"(`preset=sim`, pixel term x{cfg.pixel_weight:g}), {cfg.steps} steps of {cfg.batch_size} x {cfg.processes} frames on "
+        f"{cfg.processes} processes.",
         "",
         f"Training loss: {first:.3f} at step {train[0]['step']} -> {last:.3f} at step {train[-1]['step']}.",
         "",
         f"![loss curve]({curve.name})",
         "",
-        "## What z carries (held-out images)",
+        "## What z carries (held-out episodes)",
         "",
         *evaluation_lines(result.evaluation, out),
         "",
-        "## Decoded video (rows: student, teacher)",
+        "## A held-out episode decoded (rows: student from z alone, teacher)",
         "",
         *[f"- [{v.relative_to(out)}]({v.relative_to(out)})" for v in videos],
         "",
@@ -87,6 +90,7 @@ def write_report(result: DemoResult) -> Path:
         "| step | seconds | command |",
         "|---|---|---|",
         *[f"| {s.name} | {s.seconds:.1f} | `{s.command}` |" for s in result.steps],
+        f"| all | {result.seconds:.1f} | |",
         "",
         f"Run directory: `{result.run_dir}` (config.yaml, metrics.jsonl, checkpoints/).",
         "",
