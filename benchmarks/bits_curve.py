@@ -88,7 +88,15 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
-    recipe = (f"model.d_z={args.dz}", f"training.batch_size={args.batch}", "training.calibration_batches=4")
+    recipe = (
+        f"model.d_z={args.dz}",
+        f"training.batch_size={args.batch}",
+        "training.calibration_batches=4",
+        # preset=sim without its keypoints and wider decoder: the recipe this curve was measured with
+        "model.z_keypoints=0",
+        "model.decoder_dim=null",
+        "model.decoder_heads=null",
+    )
 
     def run(name: str) -> Path:
         return train(dataset, args.work, args.dz, args.steps, name, recipe + SETTINGS[name])

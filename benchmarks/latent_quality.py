@@ -1,7 +1,7 @@
 """What z carries on real simulator video, against PCA of the same width: the d_z curve.
 
 PushT episodes (gym-pusht) -> frame shards with per-frame state (subsample_videos) -> the five tiny
-teachers' features (int8) -> stats -> one training run per d_z (``model=tiny training=sim``, all five
+teachers' features (int8) -> stats -> one training run per d_z (``preset=sim``: the tiny student with keypoints, all five
 teachers' terms on) -> ``distill.evaluate`` on held-out episodes. Each point reports pixels through z
 (PSNR, SSIM), the mean image and PCA(d_z) fitted on the same train split, every teacher's cosine from
 z, and ridge probes from z and from PCA to the agent and block positions.
@@ -65,7 +65,7 @@ def build_dataset(work: Path, episodes: int, frames: int, size: int) -> Path:
 def train(
     dataset: Path, work: Path, d_z: int, steps: int, name: str | None = None, overrides: Sequence[str] = ()
 ) -> Path:
-    """One ``model=tiny training=sim`` run (``overrides`` appended) in ``work/runs/<name>``; reused when done."""
+    """One ``preset=sim`` run (``overrides`` appended) in ``work/runs/<name>``; reused when done."""
     run = work / "runs" / (name or f"dz{d_z}")
     if (run / "student" / "model.safetensors").is_file():
         return run / "student"
@@ -79,9 +79,8 @@ def train(
         "dataset.num_workers=0",
         "teachers=all5",
         "teacher_source=tiny",
-        "model=tiny",
+        "preset=sim",
         f"model.d_z={d_z}",
-        "training=sim",
         f"training.steps={steps}",
         f"training.checkpoint_every={steps}",
         "logging.wandb.mode=disabled",
@@ -142,7 +141,7 @@ def main() -> int:
             "frames_per_episode": args.frames,
             "teachers": list(TEACHERS),
             "storage": "int8",
-            "recipe": f"model=tiny training=sim training.steps={args.steps}, one CPU thread per run",
+            "recipe": f"preset=sim (model=tiny, z_keypoints=4, decoder_dim=96, training=sim) training.steps={args.steps}, one CPU thread per run",
             "state_names": list(STATE_NAMES),
         },
         "points": points,

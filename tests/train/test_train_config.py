@@ -98,6 +98,7 @@ def test_sim_preset_is_the_tiny_student_with_keypoints_on_the_sim_schedule() -> 
     cfg = run_config("preset=sim", "model.d_z=64")
     built = student_config(cfg, {"dinov2": spec}, image_size=64)
     assert (built.size, built.d_z, built.z_keypoints, built.patch_size) == ("tiny", 64, 4, 8)
+    assert (built.decoder_dim, built.decoder_heads) == (96, 4)
     assert (cfg.training.steps, cfg.training.lr, cfg.init_from) == (2000, 2e-3, None)
 
 
