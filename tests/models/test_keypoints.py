@@ -71,3 +71,9 @@ def test_student_z_ends_with_its_keypoints_and_the_decoder_reads_them() -> None:
 def test_keypoints_must_leave_room_for_the_summary() -> None:
     with pytest.raises(ValueError, match="z_keypoints=8 takes 16 of z's d_z=16"):
         make_student(z_keypoints=8)
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_keypoints_and_a_quantiser_are_refused_together(quantizer: str) -> None:
+    with pytest.raises(ValueError, match=f"z_keypoints=2 with quantizer={quantizer}"):
+        make_student(z_keypoints=2, quantizer=quantizer)

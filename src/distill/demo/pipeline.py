@@ -217,7 +217,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             "teachers=all5",
             f"teacher_source={cfg.teacher_source}",
             *[f"teachers.{name}.weights={value}" for name, value in cfg.weights],
-            "preset=sim",
+            # the tiny recipe (keypoints, 96-wide decoder, CPU schedule) only for the tiny student
+            *(["preset=sim"] if cfg.teacher_source == "tiny" else ["training.lr=1e-3"]),
             f"model={cfg.model}",
             f"training.steps={cfg.steps}",
             f"training.batch_size={cfg.batch_size}",

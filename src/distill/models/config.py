@@ -89,6 +89,11 @@ class StudentConfig:
                 f"z_keypoints={self.z_keypoints} takes {2 * self.z_keypoints} of z's d_z={self.d_z} dimensions; "
                 "it must be >= 0 and leave at least one dimension for the CLS summary"
             )
+        if self.z_keypoints and self.quantizer != "none":
+            raise ValueError(
+                f"z_keypoints={self.z_keypoints} with quantizer={self.quantizer}: quantising would round the "
+                "keypoint positions the decoder reads back; use one or the other"
+            )
         if self.bottleneck == "none":
             given = [
                 f"{name}={value}"

@@ -48,8 +48,9 @@ def teacher_precision(precision: TeacherPrecision, device: torch.device) -> Iter
         if bf16:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 yield
-        else:
-            yield
+        else:  # an autocast around the call must not turn "fp32" into bf16
+            with torch.autocast(device_type=device.type, enabled=False):
+                yield
     finally:
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
