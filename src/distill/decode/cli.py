@@ -7,12 +7,12 @@ video's frame rate with one grid per input frame.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from distill.cli_errors import exit_code_of
 from distill.decode.api import decode_images, resolve_targets
 from distill.decode.decoders import TARGETS, load_decoder_teachers, parse_targets, teachers_for
 from distill.decode.grid import MIN_CELL
@@ -160,10 +160,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         run(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_code_of(command)

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from distill import distributed as dist
+from distill.cli_errors import exit_code_of
 from distill.encode.export import EncodeConfig, encode_latents
 
 
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return exit_code_of(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = EncodeConfig(
         args.checkpoint,

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from distill.cli_errors import exit_code_of
 from distill.evaluate.api import EvalConfig, evaluate_student
 from distill.evaluate.report import write_report
 from distill.models.student import Student
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return exit_code_of(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     model = Student.from_pretrained(args.checkpoint, device=args.device)
     cfg = EvalConfig(
         args.dataset,

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from distill.cli_errors import exit_code_of
 from distill.worldmodel.run import RolloutConfig, evaluate_rollouts
 from distill.worldmodel.train import TrainConfig, train_world_model
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return exit_code_of(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         cfg = TrainConfig(
