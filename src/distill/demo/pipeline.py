@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -147,8 +148,20 @@ def held_out_video(result: DemoResult) -> Path:
     return result.videos / json.loads(first.files["json"])["source"]
 
 
+def clear_previous_run(result: DemoResult) -> None:
+    """Remove the training run a previous demo left in the same output folder.
+
+    Every other step overwrites its outputs, but the trainer rightly refuses to start a fresh run in a
+    folder that holds checkpoints; the demo owns this one, so a second ``make demo`` starts over.
+    """
+    if result.run_dir.exists():
+        print(f"[demo] removing the previous demo run {result.run_dir}", flush=True)
+        shutil.rmtree(result.run_dir)
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
     result = DemoResult(cfg)
+    clear_previous_run(result)
     weights_flags = [f"--weights={name}={value}" for name, value in cfg.weights]
     run_step(
         result,
