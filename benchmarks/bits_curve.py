@@ -23,7 +23,7 @@ from common import base_parser, write_result
 from distill.demo.plot import line_plot
 from distill.models.checkpoint import read_config
 from distill.models.quantize import code_layout
-from latent_quality import TEACHERS, build_dataset, point, run_arguments, train
+from latent_quality import build_dataset, point, pusht_setup, run_arguments, train
 
 # name -> model overrides (at d_z = 16 each setting makes 4 codes of 4 dimensions); "z": continuous z
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -110,18 +110,12 @@ def main() -> int:
         points.append({"setting": name, "bits_per_frame": bits_per_frame(student), "codebook": use, **entry})
     draw(points, args.dz, args.plot)
     result = {
-        "setup": {
-            "simulator": "gym-pusht PushT, 96 px renders, 64 px canonical view",
-            "episodes": args.episodes,
-            "frames_per_episode": args.frames,
-            "teachers": list(TEACHERS),
-            "storage": "int8",
-            "recipe": (
-                f"model=tiny training=sim model.d_z={args.dz} training.steps={args.steps} "
-                f"training.batch_size={args.batch}, one CPU thread per run"
-            ),
-            "settings": {name: list(SETTINGS[name]) for name in args.settings},
-        },
+        "setup": pusht_setup(
+            args,
+            f"model=tiny training=sim model.d_z={args.dz} training.steps={args.steps} "
+            f"training.batch_size={args.batch}, one CPU thread per run",
+        )
+        | {"settings": {name: list(SETTINGS[name]) for name in args.settings}},
         "points": points,
     }
     write_result(args.output, result)

@@ -106,6 +106,18 @@ def point(dataset: Path, student_dir: Path, d_z: int) -> dict[str, Any]:
     return {"d_z": d_z, "train_seconds": seconds, **report.to_dict()}
 
 
+def pusht_setup(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
+    """The ``setup`` record of a curve of PushT runs (this script and bits_curve.py)."""
+    return {
+        "simulator": "gym-pusht PushT, 96 px renders, 64 px canonical view",
+        "episodes": args.episodes,
+        "frames_per_episode": args.frames,
+        "teachers": list(TEACHERS),
+        "storage": "int8",
+        "recipe": recipe,
+    }
+
+
 def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int, plot: str) -> None:
     """The options of a curve of PushT runs (this script and bits_curve.py): data, run length, plot."""
     parser.add_argument("--work", type=Path, required=True, help="folder for the episodes, dataset and runs")
@@ -135,15 +147,12 @@ def main() -> int:
     }
     line_plot(series, args.plot, title="held-out PushT frames: PSNR through z vs PCA of the same width")
     result = {
-        "setup": {
-            "simulator": "gym-pusht PushT, 96 px renders, 64 px canonical view",
-            "episodes": args.episodes,
-            "frames_per_episode": args.frames,
-            "teachers": list(TEACHERS),
-            "storage": "int8",
-            "recipe": f"preset=sim (model=tiny, z_keypoints=4, decoder_dim=96, training=sim) training.steps={args.steps}, one CPU thread per run",
-            "state_names": list(STATE_NAMES),
-        },
+        "setup": pusht_setup(
+            args,
+            f"preset=sim (model=tiny, z_keypoints=4, decoder_dim=96, training=sim) training.steps={args.steps}, "
+            "one CPU thread per run",
+        )
+        | {"state_names": list(STATE_NAMES)},
         "points": points,
     }
     write_result(args.output, result)

@@ -15,6 +15,7 @@ step, and VQ's codebook starts in the right place (docs/decisions.md).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ class Quantized:
     commit: torch.Tensor | None  # VQ commitment loss ||x - sg(q)||^2 (scalar); None for FSQ
 
 
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, ABC):
     """The interface of both quantisers: z -> :class:`Quantized`, codes -> quantised z."""
 
     def __init__(self, d_z: int, code_dim: int, vocabulary: int) -> None:
@@ -61,9 +62,9 @@ class Quantizer(nn.Module):
                 f"codes must lie in [0, {self.vocabulary}), got [{int(codes.min())}, {int(codes.max())}]"
             )
 
+    @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes [B, codes] -> the quantised z [B, d_z] (float32)."""
-        raise NotImplementedError
 
     def table(self) -> torch.Tensor:
         """Every code's values: [codes, vocabulary, code_dim] (what a world model over codes rolls out with)."""

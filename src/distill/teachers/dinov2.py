@@ -51,9 +51,14 @@ def tiny_config() -> Dinov2Config:
 
 
 def dinov2_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
-    """Input size from the image processor's crop (else config.image_size); channels = hidden size."""
+    return dino_spec(NAME, config, preprocessor)
+
+
+def dino_spec(name: str, config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
+    """A DINO family spec (v2, v3): input size from the image processor's crop (else config.image_size);
+    patch and CLS channels = hidden size."""
     return vit_spec(
-        NAME,
+        name,
         config,
         preprocessor,
         IMAGENET_DEFAULT_MEAN,

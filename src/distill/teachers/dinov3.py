@@ -14,17 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
-from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from distill.features import TeacherSpec
 from distill.teachers._hf import (
     load_pretrained,
-    processor_input_size,
     read_preprocessor,
     seeded,
-    vit_spec,
 )
-from distill.teachers.dinov2 import Dinov2Teacher
+from distill.teachers.dinov2 import Dinov2Teacher, dino_spec
 from distill.teachers.registry import TeacherEntry, register_teacher
 
 NAME = "dinov3"
@@ -45,16 +42,7 @@ def tiny_config() -> DINOv3ViTConfig:
 
 
 def dinov3_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
-    """Input size from the image processor (else config.image_size); channels = hidden size."""
-    return vit_spec(
-        NAME,
-        config,
-        preprocessor,
-        IMAGENET_DEFAULT_MEAN,
-        IMAGENET_DEFAULT_STD,
-        cls_channels=int(config.hidden_size),
-        input_size=processor_input_size(preprocessor),
-    )
+    return dino_spec(NAME, config, preprocessor)
 
 
 class Dinov3Teacher(Dinov2Teacher):
