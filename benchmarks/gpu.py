@@ -41,11 +41,11 @@ from distill.data.loader import LoaderConfig, train_batches
 from distill.features import TeacherOutput, TeacherSpec
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig
+from distill.optim import build_optimizer
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches
 from distill.teachers import Teacher
 from distill.teachers.precision import run_teacher
-from distill.train.optim import build_optimizer
 from distill.train.precision import autocast_factory
 from distill.train.trainer import check_finite, check_gradients
 from extraction import measure

@@ -4,7 +4,9 @@ whole path (PushT -> frames -> latents -> training -> held-out rollouts decoded)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -16,7 +18,14 @@ from distill.data.latents import CheckpointRef
 from distill.distributed import DistContext
 from distill.encode import EncodeConfig, run_encoding
 from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
-from distill.worldmodel import LatentWorldModel, WorldModelConfig, load_world_model, run_worldmodel_demo
+from distill.worldmodel import (
+    LatentWorldModel,
+    TrainConfig,
+    WorldModelConfig,
+    load_world_model,
+    run_worldmodel_demo,
+    train_world_model,
+)
 from distill.worldmodel.rollout import imagine, rollout_metrics
 
 
@@ -53,6 +62,43 @@ def test_an_untrained_model_is_the_copy_last_baseline(clips: LatentClips) -> Non
     metrics = rollout_metrics(model, clips, 4)
     assert metrics.windows == len(clips) and metrics.cosine["world_model"] == metrics.cosine["copy_last"]
     assert metrics.centered_cosine["world_model"] == metrics.centered_cosine["copy_last"]
+
+
+def _small(clips: LatentClips, output: Path, **options: Any) -> TrainConfig:
+    """8 steps of 4 windows, a loss logged every 2 steps."""
+    fields = {"history": 3, "width": 32, "heads": 2, "steps": 8, "batch_size": 4, "log_every": 2, "lr": 1e-2}
+    return TrainConfig(clips.root, output, **(fields | options))
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    clips: LatentClips, tmp_path: Path
+) -> None:
+    """Kill after the step-4 checkpoint of 8 (its later checkpoint and final folder gone, an interrupted
+    write left behind), resume: the same weights, bit for bit, and the same loss log."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train_world_model(_small(clips, whole))
+    train_world_model(_small(clips, cut, checkpoint_every=4, keep_last=0))
+    for name in ("model.safetensors", "config.json", "train_log.jsonl"):
+        (cut / name).unlink()
+    shutil.rmtree(cut / "checkpoints" / "step_00000008")
+    (cut / "checkpoints" / ".tmp-step_00000008-123").mkdir()
+    halfway, _ = load_world_model(cut / "checkpoints" / "step_00000004" / "worldmodel")
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_world_model(_small(clips, cut, checkpoint_every=4))
+    train_world_model(_small(clips, cut, checkpoint_every=4, resume=True))
+    assert not (cut / "checkpoints" / ".tmp-step_00000008-123").exists()
+    expected, resumed = load_world_model(whole)[0].state_dict(), load_world_model(cut)[0].state_dict()
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert not torch.equal(halfway.state_dict()["head.weight"], expected["head.weight"])  # it trained on
+    assert (cut / "train_log.jsonl").read_text() == (whole / "train_log.jsonl").read_text()
+
+
+def test_resuming_with_another_batch_size_is_refused(clips: LatentClips, tmp_path: Path) -> None:
+    train_world_model(_small(clips, tmp_path, steps=4, checkpoint_every=2))
+    with pytest.raises(ValueError, match="resume with --batch-size 4"):
+        train_world_model(_small(clips, tmp_path, steps=4, checkpoint_every=2, batch_size=8, resume=True))
 
 
 @pytest.fixture(scope="module")

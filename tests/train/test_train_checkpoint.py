@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.train import rng
-from distill.train.checkpoint import (
+from distill import rng
+from distill.checkpoints import (
     TrainerState,
     complete_checkpoints,
     latest_checkpoint,

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from train_helpers import ReferenceRun, TinyData, data_overrides, run_train
 
+from distill.checkpoints import latest_checkpoint
 from distill.distributed import DistContext
 from distill.models import Student
 from distill.stats import LIVE_STORAGE, FeatureStats
-from distill.train.checkpoint import latest_checkpoint
 from distill.train.config import RunConfig, load_run_config
 from distill.train.rundir import plan_run
 from distill.train.setup import load_student_weights, prepare_inputs

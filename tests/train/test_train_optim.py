@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from distill.optim import WarmupCosine, build_optimizer, split_decay
 from distill.train.ema import Ema, decay_at
-from distill.train.optim import WarmupCosine, build_optimizer, split_decay
 
 
 class _Toy(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REFERENCE_BATCH, REPO, ReferenceRun, command, run_train, train_env
 
-from distill.train.checkpoint import latest_checkpoint
+from distill.checkpoints import latest_checkpoint
 
 KILL_SEED = 1234
 

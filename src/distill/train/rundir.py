@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from distill.checkpoints import complete_checkpoints, latest_checkpoint, remove_incomplete
 from distill.distributed import DistContext, broadcast_object
 from distill.io import atomic_write_text
-from distill.train.checkpoint import complete_checkpoints, latest_checkpoint, remove_incomplete
 from distill.train.config import RunConfig
 from distill.train.typed import ConfigError
 

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from distill import rng
+from distill.checkpoints import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
 from distill.data.dataset import Batch
 from distill.distributed import (
     DistContext,
@@ -32,14 +34,12 @@ from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
 from distill.models import Student, read_stats
 from distill.models.quantize import code_histogram, usage_metrics
-from distill.train import rng
+from distill.optim import WarmupCosine, build_optimizer
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
-from distill.train.checkpoint import Checkpoint, TrainerState, read_checkpoint, write_checkpoint
 from distill.train.config import RunConfig
 from distill.train.ema import Ema
 from distill.train.metrics import MetricsSink, WandbSettings
 from distill.train.online import OnlineTargets, resolve_online_stats
-from distill.train.optim import WarmupCosine, build_optimizer
 from distill.train.precision import AutocastFactory, autocast_factory
 from distill.train.reach import freeze_unreachable
 from distill.train.rundir import RunPlan, plan_run

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="z",
         help="z: regress the next z | codes: cross-entropy over the next frame's codes (a quantised student's latents)",
     )
+    train.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: none)")
+    train.add_argument("--keep-last", type=int, default=2, help="checkpoints kept")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the output folder's latest checkpoint"
+    )
     rollout = commands.add_parser("rollout", help="open-loop rollouts on held-out latents")
     rollout.add_argument("model", type=Path, help="world-model checkpoint folder")
     rollout.add_argument("latents", type=Path, help="latent dataset (distill-encode)")
@@ -81,6 +86,9 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             target=args.target,
+            checkpoint_every=args.checkpoint_every,
+            keep_last=args.keep_last,
+            resume=args.resume,
         )
         print(json.dumps(train_world_model(cfg)))
     else:

@@ -1,8 +1,9 @@
-"""Checkpoint directories: written whole or not at all, found by step, pruned to the last N.
+"""Checkpoint directories of a training run: written whole or not at all, found by step, pruned to the last N.
 
+The student trainer and the world-model trainer (``distill.worldmodel``) both resume from these.
 Layout of ``<run_dir>/checkpoints/step_00000120/``::
 
-    student/          the student folder (save_pretrained): usable on its own for decoding
+    student/          the model folder (``models=``; the student's save_pretrained): usable on its own
     ema/              the EMA student folder, when EMA is on
     optimizer.pt      AdamW state (torch.save of tensors and numbers; loaded with weights_only=True)
     rng.safetensors   every rank's generator states (metadata holds the non-tensor parts)
@@ -26,10 +27,10 @@ from typing import Any
 import torch
 
 from distill.io import fsync_path
+from distill.rng import RngState
 from distill.tensorfile import UnreadableFileError
 from distill.tensorfile import load as load_tensors
 from distill.tensorfile import save as save_tensors
-from distill.train.rng import RngState
 
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step_"
@@ -185,8 +186,9 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """Load a complete checkpoint's trainer state, optimiser state and RNG states (no models)."""
+def read_checkpoint(path: Path, models: str = STUDENT_DIR) -> Checkpoint:
+    """Load a complete checkpoint's trainer state, optimiser state and RNG states; the model folder
+    ``models`` must be there (the caller loads it)."""
     path = Path(path)
     trainer_file = path / TRAINER_FILE
     if not trainer_file.is_file():
@@ -223,6 +225,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
         ]
     except (KeyError, ValueError, TypeError) as exc:
         raise UnreadableFileError(f"{path / RNG_FILE}: RNG states are incomplete ({exc!r}); {fix}") from exc
-    if not (path / STUDENT_DIR).is_dir():
-        raise FileNotFoundError(f"{path} has no {STUDENT_DIR}/ folder")
+    if not (path / models).is_dir():
+        raise FileNotFoundError(f"{path} has no {models}/ folder")
     return Checkpoint(path=path, state=state, optimizer=optimizer, rng=rng)
