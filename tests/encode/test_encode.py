@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from distill.data.latents import (
     read_video_latents,
     video_path,
 )
+from distill.demo.pipeline import REPO, torchrun
 from distill.distributed import DistContext
 from distill.encode import EncodeConfig, run_encoding
 from distill.models import Student
@@ -162,4 +164,33 @@ def test_two_ranks_split_the_videos_and_equal_one_process(
     assert not (double / "latents.json").exists()  # only rank 0 writes the manifest
     first = run_encoding(cfg, model, ref, DistContext(rank=0, world_size=2))
     assert [Path(p).name for p in first.written] == ["v0.safetensors", "v2.safetensors"]
+    _assert_same(double, single, atol=0)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_single_process_dataset(
+    frames: Path, student: tuple[Path, Student], tmp_path: Path
+) -> None:
+    """``torchrun --nproc_per_node 2 scripts/encode_latents.py`` (gloo, CPU): rank r encodes videos r, r + 2;
+    the dataset equals one process's, tensor for tensor (both with one thread and the same batches)."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    arguments = [str(student[0]), str(frames), "--batch-size", "4"]
+    commands = {
+        single: [sys.executable, str(REPO / "scripts" / "encode_latents.py")],
+        double: torchrun(2, "encode_latents.py"),
+    }
+    reports = {}
+    for output, launcher in commands.items():
+        done = subprocess.run(
+            [*launcher, *arguments[:2], str(output), *arguments[2:]],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, f"{launcher[-1]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        reports[output] = json.loads(done.stdout.strip().splitlines()[-1])
+    # rank 0 reports its own share: videos 0 and 2 of 3 (rank 1 wrote video 1)
+    assert (reports[single]["written"], reports[double]["written"]) == (3, 2)
     _assert_same(double, single, atol=0)
