@@ -97,3 +97,50 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+SHIFTS = ("invert", "overlay")
+
+
+def shifted(image: Image.Image, shift: str) -> Image.Image:
+    """``image`` under a planted domain shift: its colours inverted, or a semi-transparent overlay.
+
+    The overlay blends half of a fixed pattern of coloured bands (a segmentation overlay's look)
+    over the image, the same pattern on every image, as a fixed camera-side artefact would be.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if shift == "invert":
+        return Image.fromarray((255 - rgb).astype(np.uint8))
+    if shift != "overlay":
+        raise ValueError(f"unknown shift {shift!r}; choose from {', '.join(SHIFTS)}")
+    height, width = rgb.shape[:2]
+    bands = np.array([(230, 40, 40), (40, 200, 60), (50, 80, 230)], dtype=np.float32)
+    rows = (np.arange(height) * 6 // max(height, 1)) % len(bands)
+    columns = (np.arange(width) * 4 // max(width, 1)) % 2
+    pattern = bands[(rows[:, None] + columns[None, :]) % len(bands)]
+    return Image.fromarray((0.5 * rgb + 0.5 * pattern).round().astype(np.uint8))
+
+
+def write_paired_folders(
+    source: str | Path,
+    target: str | Path,
+    shift: str,
+    classes: int = 2,
+    per_class: int = 8,
+    size: tuple[int, int] = (96, 80),
+    seed: int = 0,
+) -> list[Path]:
+    """A clean folder at ``target`` (:func:`write_image_folder`) and its ``shift``-ed copy at ``source``.
+
+    The copies are PNG files under the same relative paths (``class_0/img_0000.png`` pairs
+    ``class_0/img_0000.jpg``), as overlays saved beside JPEG originals are. Returns the source files.
+    """
+    written = []
+    for path in write_image_folder(target, classes, per_class, size, seed):
+        relative = path.relative_to(target).with_suffix(".png")
+        out = Path(source) / relative
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as clean:
+            shifted(clean, shift).save(out)
+        written.append(out)
+    return written

@@ -26,6 +26,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "distill-dataset"
 VERSION = 1
 IMAGES_DIR = "images"
+TARGET_IMAGES_DIR = "target_images"  # a paired dataset's target side: what the teachers see, same keys
 STATS_DIR = "feature_stats"  # <dataset>/feature_stats/<teacher>.safetensors: the default stats location
 
 
@@ -113,6 +114,13 @@ class Manifest:
     rejected: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # how video frames were kept
     teachers: dict[str, TeacherRecord] = field(default_factory=dict)
+    # paired datasets (organize --target / --pairs): how the two sides were matched; {} otherwise
+    pairing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def teacher_images(self) -> str:
+        """The image folder teachers are extracted from: the target side of a paired dataset."""
+        return TARGET_IMAGES_DIR if self.pairing else IMAGES_DIR
 
     def fingerprint(self) -> str:
         """The dataset's identity for stats provenance: name, kind, view, and every shard with its count.
@@ -129,7 +137,7 @@ class Manifest:
                 name: [[shard.name, shard.count] for shard in info.shards]
                 for name, info in sorted(self.splits.items())
             },
-        }
+        } | ({"pairing": self.pairing} if self.pairing else {})
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def split(self, name: str, path: Path | str = MANIFEST_NAME) -> SplitInfo:
@@ -173,7 +181,7 @@ class Manifest:
                 for name, info in self.splits.items()
             },
             "teachers": {name: record.to_dict() for name, record in self.teachers.items()},
-        }
+        } | ({"pairing": self.pairing} if self.pairing else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -201,6 +209,7 @@ class Manifest:
             rejected=int(data["rejected"]),
             sampling=dict(data.get("sampling", {})),
             teachers={name: TeacherRecord.from_dict(rec) for name, rec in data["teachers"].items()},
+            pairing=dict(data.get("pairing", {})),
         )
 
 

@@ -130,6 +130,7 @@ def decode_images(
     teachers: Mapping[str, Teacher] | None = None,
     *,
     compare: bool = False,
+    teacher_images: torch.Tensor | None = None,
     mask_settings: MaskSettings | None = None,
     prompts: Prompts | None = None,
     batch_size: int = 16,
@@ -138,9 +139,14 @@ def decode_images(
 
     The frames are one clip: one PCA basis is fitted over all of them (stable video colours). With
     ``compare`` the basis is fitted on the teacher's features (the ground truth) and the student row is
-    drawn in it, so a colour means the same feature direction in both rows.
+    drawn in it, so a colour means the same feature direction in both rows. ``teacher_images`` (the
+    target side of paired images, same shape) are what the teachers see instead of ``images``.
     """
     check_image_batch(images, "images to decode")
+    if teacher_images is not None and teacher_images.shape != images.shape:
+        raise ValueError(
+            f"teacher images are {tuple(teacher_images.shape)}, the images {tuple(images.shape)}"
+        )
     size = model.config.image_size
     if tuple(images.shape[-2:]) != (size, size):
         raise ValueError(
@@ -157,7 +163,12 @@ def decode_images(
                 f"compare mode needs the teachers {missing} themselves; include them in teachers="
             )
         teacher = decode_teacher_frames(
-            teachers, images, chosen, mask_settings=mask_settings, prompts=prompts, batch_size=batch_size
+            teachers,
+            images if teacher_images is None else teacher_images,
+            chosen,
+            mask_settings=mask_settings,
+            prompts=prompts,
+            batch_size=batch_size,
         )
     with _eval_mode(model):
         z = model.encode_video(images, batch_size=batch_size)

@@ -17,7 +17,7 @@ from distill.decode.api import decode_images, resolve_targets
 from distill.decode.decoders import TARGETS, load_decoder_teachers, parse_targets, teachers_for
 from distill.decode.grid import MIN_CELL
 from distill.decode.masks import MaskSettings, Prompts, parse_box, parse_point
-from distill.decode.media import iter_clips, media_kind, write_mp4, write_png
+from distill.decode.media import media_kind, paired_clips, write_mp4, write_png
 from distill.decode.render import render
 from distill.models.student import Student
 
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--compare-teachers", action="store_true", help="add a row with the teachers' own outputs"
+    )
+    parser.add_argument(
+        "--teacher-media",
+        type=Path,
+        default=None,
+        help="paired images (docs/alignment.md): the teachers' row is computed on these instead of --media "
+        "(a folder pairs by relative path, suffix aside); needs --compare-teachers",
     )
     parser.add_argument(
         "--teachers-source",
@@ -109,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[Path]:
     """Decode every clip of ``args.media``; return the files written."""
     media_kind(args.media)  # a missing or unsupported path fails before any model loads
+    if args.teacher_media is not None:
+        media_kind(args.teacher_media)
+        if not args.compare_teachers:
+            raise ValueError("--teacher-media sets what the teachers' row sees; add --compare-teachers")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Student.from_pretrained(args.checkpoint, device=device)
     size = model.config.image_size
@@ -134,18 +145,27 @@ def run(args: argparse.Namespace) -> list[Path]:
     if prompts and "masks" not in targets:
         raise ValueError("--points/--boxes prompt SAM, but 'masks' is not among the decoded targets")
     written = []
-    for clip in iter_clips(args.media, size):
+    for clip, partner in paired_clips(args.media, args.teacher_media, size):
+        teacher_frames = None if partner is None else partner.frames
         student, teacher = decode_images(
             model,
             clip.frames,
             targets,
             teachers,
             compare=args.compare_teachers,
+            teacher_images=teacher_frames,
             mask_settings=settings,
             prompts=prompts,
             batch_size=args.batch_size,
         )
-        grids = render(student, teacher, clip.frames, title=clip.source.name, min_cell=args.cell)
+        grids = render(
+            student,
+            teacher,
+            clip.frames,
+            title=clip.source.name,
+            min_cell=args.cell,
+            teacher_images=teacher_frames,
+        )
         if clip.fps is not None:  # a video
             written.append(write_mp4(grids, args.output / f"{clip.name}.mp4", clip.fps))
         else:

@@ -137,6 +137,37 @@ def media_kind(path: str | Path) -> MediaKind:
     )
 
 
+def paired_clips(
+    path: str | Path, partner: str | Path | None, size: int
+) -> Iterator[tuple[Clip, Clip | None]]:
+    """Each clip of ``path`` with its partner in ``partner`` (the same kind of media), or None.
+
+    Folders pair by relative path without the suffix (``a/x.png`` with ``a/x.jpg``, as a paired
+    dataset does); a lone image or video pairs the lone file given. Frames of a pair must agree in number.
+    """
+    if partner is None:
+        yield from ((clip, None) for clip in iter_clips(path, size))
+        return
+    kinds = media_kind(path), media_kind(partner)
+    if kinds[0] != kinds[1]:
+        raise MediaError(f"{partner} is a {kinds[1]} but {path} a {kinds[0]}; pair media of one kind")
+    if kinds[0] == "folder":
+        names = [output_names(Path(p), folder_images(Path(p))) for p in (path, partner)]
+        if names[0] != names[1]:
+            unpaired = sorted(set(names[0]) ^ set(names[1]))
+            raise MediaError(
+                f"{path} and {partner} do not hold the same images (by relative path, suffix aside): "
+                f"{len(unpaired)} without a partner, e.g. {unpaired[:3]}; pair the folders file for file"
+            )
+    for clip, other in zip(iter_clips(path, size), iter_clips(partner, size), strict=True):
+        if clip.frames.shape != other.frames.shape:
+            raise MediaError(
+                f"{other.source} has {other.frames.shape[0]} frames, {clip.source} {clip.frames.shape[0]}; "
+                "paired videos need the same frames"
+            )
+        yield clip, other
+
+
 def iter_clips(path: str | Path, size: int) -> Iterator[Clip]:
     """Yield the clips of ``path``: one per image (a folder's in sorted order), or one whole video."""
     path = Path(path)

@@ -134,6 +134,7 @@ def render(
     min_cell: int = MIN_CELL,
     ranges: Mapping[str, ValueRange] | None = None,
     labels: tuple[str, str] = ("student", "teacher"),
+    teacher_images: torch.Tensor | None = None,
 ) -> list[Image.Image]:
     """One grid per frame: a "student" row and, with ``teacher``, a "teacher" row.
 
@@ -141,15 +142,17 @@ def render(
     without it (e.g. a world-model rollout) the input column is left out. ``title`` is drawn above
     each grid with the frame number for clips longer than one frame. ``ranges`` overrides the depth
     display ranges (e.g. to share them across separately rendered chunks). ``labels`` name the two
-    rows (a world-model rollout beside the encoded ground truth, say).
+    rows (a world-model rollout beside the encoded ground truth, say). ``teacher_images`` are the
+    teacher row's input column and mask backdrop when the teachers saw other images (paired data).
     """
     frames = student.frames
     if teacher is not None and teacher.frames != frames:
         raise ValueError(f"the teacher row has {teacher.frames} frames, the student row {frames}")
-    if images is not None:
-        check_image_batch(images, "images to render")
-        if images.shape[0] != frames:
-            raise ValueError(f"{images.shape[0]} input images for {frames} decoded frames")
+    for given in (images, teacher_images):
+        if given is not None:
+            check_image_batch(given, "images to render")
+            if given.shape[0] != frames:
+                raise ValueError(f"{given.shape[0]} input images for {frames} decoded frames")
     columns = columns_of(student, images is not None)
     if not columns:
         raise ValueError("nothing to render: the decoded frames hold no targets and no images were given")
@@ -158,15 +161,16 @@ def render(
     grids = []
     for t in range(frames):
         base = _uint8(images[t]) if images is not None else None
-        painter = _Painter(cell, student.image_size, base, shared)
+        bases = (base, _uint8(teacher_images[t]) if teacher_images is not None else base)
         rows = []
-        for label, decoded in zip(labels, (student, teacher), strict=True):
+        for label, decoded, row_base in zip(labels, (student, teacher), bases, strict=True):
             if decoded is None:
                 continue
+            painter = _Painter(cell, student.image_size, row_base, shared)
             cells, notes = [], []
             for column in columns:
                 if column.kind == "input":
-                    cells.append(base)
+                    cells.append(row_base)
                     notes.append("")
                     continue
                 array, note = painter.cell_of(decoded, column, t)

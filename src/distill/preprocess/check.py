@@ -26,7 +26,7 @@ from distill.data.dataset import check_stored, load_checked_stats, stats_path
 from distill.data.join import iter_joined
 from distill.data.jpeg import decode_view
 from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, Manifest, default_stats_dir, load_manifest
-from distill.data.shards import ShardError
+from distill.data.shards import ShardError, iter_shard
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,11 @@ def _check_shard(
     teachers = [n for n, r in manifest.teachers.items() if split in r.complete_splits]
     key: str | None = None
     path = str(dataset / IMAGES_DIR / shard)
+    keys: list[str] = []
     try:
         for sample in iter_joined(dataset, shard, teachers, expected=count):
             key, path = sample.key, str(dataset / IMAGES_DIR / shard)
+            keys.append(key)
             decode_view(sample.jpeg, manifest.canonical_size, path)
             meta = json.loads(sample.meta)
             if meta.get("key") != key:
@@ -78,15 +80,39 @@ def _check_shard(
                 path = str(dataset / name / shard)
                 _check_sample_features(manifest, name, blob, key, path)
             report.samples += 1
+        if manifest.pairing:
+            key = None
+            _check_targets(dataset / manifest.teacher_images / shard, manifest.canonical_size, keys)
     except ShardError as exc:
         report.problems.append(Problem(str(exc.path or path), exc.key, str(exc)))
     except (ValueError, RuntimeError, OSError) as exc:
         report.problems.append(Problem(path, key, str(exc)))
 
 
+def _check_targets(path: Path, size: int, keys: list[str]) -> None:
+    """A paired dataset's target shard: the image shard's keys in the same order, every view decodable."""
+    found = []
+    for sample in iter_shard(path):
+        found.append(sample.key)
+        if "jpg" not in sample.files:
+            raise ShardError(f"{path}: key {sample.key!r} has no .jpg member; rebuild with organize", path)
+        decode_view(sample.files["jpg"], size, str(path))
+    if found != keys:
+        position = next(
+            (i for i, pair in enumerate(zip(found, keys, strict=False)) if pair[0] != pair[1]),
+            min(len(found), len(keys)),
+        )
+        raise ShardError(
+            f"{path}: the target keys differ from the image shard's from position {position} on "
+            f"({len(found)} vs {len(keys)} samples); rebuild the dataset with organize",
+            path,
+        )
+
+
 def _check_files(dataset: Path, manifest: Manifest, report: CheckReport) -> None:
     listed = {s.name for info in manifest.splits.values() for s in info.shards}
-    for folder in [dataset / IMAGES_DIR, *(dataset / n for n in manifest.teachers)]:
+    sides = {IMAGES_DIR, manifest.teacher_images}
+    for folder in [*(dataset / side for side in sorted(sides)), *(dataset / n for n in manifest.teachers)]:
         if not folder.is_dir():
             report.problems.append(Problem(str(folder), None, "folder is missing"))
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, load_manifest
+from distill.data.manifest import IMAGES_DIR, MANIFEST_NAME, TARGET_IMAGES_DIR, load_manifest
 from distill.preprocess.rejected import REJECTED_NAME
 
 log = logging.getLogger(__name__)
@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 def prepare_dataset_dir(dataset: Path, overwrite: bool) -> None:
     """Make ``dataset`` ready for a fresh build.
 
-    An existing dataset is an error unless ``overwrite``; then its image shards, the feature
+    An existing dataset is an error unless ``overwrite``; then its image shards (both sides of a paired
+    dataset), the feature
     shards of every teacher its manifest lists, the manifest and rejected.txt are removed
     (other files are left alone).
     """
@@ -29,7 +30,7 @@ def prepare_dataset_dir(dataset: Path, overwrite: bool) -> None:
         teachers: list[str] = []
         if (dataset / MANIFEST_NAME).exists():
             teachers = sorted(load_manifest(dataset).teachers)
-        for folder in [images, *(dataset / t for t in teachers)]:
+        for folder in [images, dataset / TARGET_IMAGES_DIR, *(dataset / t for t in teachers)]:
             for shard in folder.glob("*.tar"):
                 shard.unlink()
         for name in (MANIFEST_NAME, REJECTED_NAME):

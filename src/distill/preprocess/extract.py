@@ -31,7 +31,6 @@ from distill import distributed as dist
 from distill.data.codec import STORAGE_DTYPES, StorageDtype, area_downsample, check_storage, encode_batch
 from distill.data.jpeg import decode_view
 from distill.data.manifest import (
-    IMAGES_DIR,
     Manifest,
     ShardInfo,
     TeacherRecord,
@@ -134,6 +133,7 @@ def run_extraction(
     for split in splits:
         manifest.split(split, cfg.dataset)
     records = {job.name: make_record(job, teachers[job.name]) for job in cfg.teachers}
+    images = cfg.dataset / manifest.teacher_images  # a paired dataset's teachers see the target images
     _register(cfg, manifest, records, splits, info)
     items = [(split, shard) for split in splits for shard in manifest.split(split).shards]
     mine = items[info.rank :: info.world_size]
@@ -150,13 +150,13 @@ def run_extraction(
         ) as bar:
             tasks = []
             for _split, shard in mine:
-                task = _plan(cfg, shard, records)
+                task = _plan(cfg, images, shard, records)
                 if task.pending:
                     tasks.append(task)
                 else:
                     report.shards_skipped += 1
                     bar.update(shard.count)
-            _run_tasks(cfg, manifest, tasks, teachers, records, report, bar)
+            _run_tasks(cfg, manifest, images, tasks, teachers, records, report, bar)
     except Exception as exc:  # every rank must reach the collective below, then all fail together
         error = exc
     report.seconds = time.perf_counter() - start
@@ -304,9 +304,11 @@ class _ShardTask:
     pending: tuple[str, ...]  # teachers whose feature shard must be (re)written
 
 
-def _plan(cfg: ExtractConfig, shard: ShardInfo, records: dict[str, TeacherRecord]) -> _ShardTask:
+def _plan(
+    cfg: ExtractConfig, images: Path, shard: ShardInfo, records: dict[str, TeacherRecord]
+) -> _ShardTask:
     """Which teachers still need this shard. Image keys are listed only to verify an existing feature shard."""
-    image_path = cfg.dataset / IMAGES_DIR / shard.name
+    image_path = images / shard.name
     keys: list[str] | None = None
     pending = []
     for name in records:
@@ -329,8 +331,8 @@ def _plan(cfg: ExtractConfig, shard: ShardInfo, records: dict[str, TeacherRecord
 class _OpenShard:
     """The feature shards being written for one image shard (one per pending teacher)."""
 
-    def __init__(self, cfg: ExtractConfig, task: _ShardTask) -> None:
-        self.task, self.image_path = task, cfg.dataset / IMAGES_DIR / task.shard.name
+    def __init__(self, cfg: ExtractConfig, images: Path, task: _ShardTask) -> None:
+        self.task, self.image_path = task, images / task.shard.name
         self.stack = ExitStack()
         self.sinks = {
             name: self.stack.enter_context(write_shard(cfg.dataset / name / task.shard.name))
@@ -378,18 +380,17 @@ class _OpenShard:
 
 
 def _task_batches(
-    cfg: ExtractConfig, size: int, tasks: list[_ShardTask]
+    cfg: ExtractConfig, images: Path, size: int, tasks: list[_ShardTask]
 ) -> Iterator[tuple[_ShardTask, list[str], torch.Tensor]]:
     for task in tasks:
-        for keys, images in decode_batches(
-            cfg.dataset / IMAGES_DIR / task.shard.name, size, cfg.batch_size, cfg.decode_threads
-        ):
-            yield task, keys, images
+        for keys, batch in decode_batches(images / task.shard.name, size, cfg.batch_size, cfg.decode_threads):
+            yield task, keys, batch
 
 
 def _run_tasks(
     cfg: ExtractConfig,
     manifest: Manifest,
+    images: Path,
     tasks: list[_ShardTask],
     teachers: Mapping[str, Teacher],
     records: dict[str, TeacherRecord],
@@ -404,16 +405,18 @@ def _run_tasks(
     }
     with ThreadPoolExecutor(1) as writer:
         try:
-            for task, keys, images in background(_task_batches(cfg, manifest.canonical_size, tasks), depth=3):
+            for task, keys, batch in background(
+                _task_batches(cfg, images, manifest.canonical_size, tasks), depth=3
+            ):
                 if current is None or current.task is not task:
                     if current is not None:
                         report.written += [str(p) for p in current.finish()]
                         report.shards_written += 1
-                    current = _OpenShard(cfg, task)
+                    current = _OpenShard(cfg, images, task)
                 outputs = {
                     name: video[name].features(task.shard.name, keys)
                     if name in video
-                    else run_teacher(teachers[name], images, cfg.precision)
+                    else run_teacher(teachers[name], batch, cfg.precision)
                     for name in task.pending
                 }
                 current.submit(writer, records, keys, outputs)

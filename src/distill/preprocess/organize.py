@@ -7,6 +7,12 @@ of its relative path falls under ``val_fraction``: membership does not change wh
 added, so a grown dataset never moves an image between train and val.
 
 Within a split, images are written in a seeded random order so a shard mixes classes.
+
+Paired datasets (cross-domain alignment, docs/alignment.md): with ``--target DIR`` (or ``--pairs
+CSV``) every source image has a target image (``distill.preprocess.pairs``); both get the same
+canonical view, the source side goes to ``images/`` (what the student reads) and the target side to
+``target_images/`` under the same key, in the same shards (what the teachers are extracted from).
+A pair whose sides differ in aspect ratio (the same crop would cover different content) is rejected.
 Run as ``python -m distill.preprocess.organize --help`` or scripts/preprocessing/organize_webdataset.py.
 """
 
@@ -19,23 +25,25 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from distill.data.keys import make_keys, path_digest
-from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
+from distill.data.manifest import IMAGES_DIR, TARGET_IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
 from distill.data.shards import SplitWriter
 from distill.geometry import canonical_view
 from distill.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.preprocess.cli import config_from_args, setup_logging
 from distill.preprocess.dataset_dir import prepare_dataset_dir
+from distill.preprocess.pairs import PairPlan, Partner, pair_csv, pair_folders
 from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
 SPLIT_FOLDERS = ("train", "val", "test")
+ASPECT_TOLERANCE = 0.01  # paired sides may differ in resolution, not in shape
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -53,6 +61,8 @@ class OrganizeConfig:
     seed: int = 0  # order of images within a split
     workers: int = 0  # decoding processes; 0 decodes in this process
     overwrite: bool = False
+    target: Path | None = None  # paired dataset: the target folder (matched by relative path)
+    pairs: Path | None = None  # paired dataset: a CSV source,target (paths under source and target)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class Candidate:
     relpath: str
     split: str
     label: str | None
+    partner: Partner | None = None  # the target image of a paired dataset
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,10 @@ class Encoded:
     height: int = 0
     mode: str = ""
     rejected: str | None = None
+
+    def size_record(self) -> dict[str, object]:
+        """The decoded original's size and mode, as the sample's metadata records them."""
+        return {"width": self.width, "height": self.height, "mode": self.mode}
 
 
 def _val_by_hash(relpath: str, fraction: float) -> bool:
@@ -138,14 +153,57 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
 
 
 class _Encoder:
-    """Picklable callable for the pool: Candidate -> Encoded."""
+    """Picklable callable for the pool: Candidate -> (source view, target view or None)."""
 
     def __init__(self, cfg: OrganizeConfig) -> None:
         self.size, self.quality = cfg.size, cfg.quality
         self.limits = ImageLimits(cfg.min_size, cfg.max_pixels)
 
-    def __call__(self, candidate: Candidate) -> Encoded:
-        return encode_view(candidate.path, self.size, self.quality, self.limits)
+    def __call__(self, candidate: Candidate) -> tuple[Encoded, Encoded | None]:
+        source = encode_view(candidate.path, self.size, self.quality, self.limits)
+        if candidate.partner is None:
+            return source, None
+        return source, encode_view(candidate.partner.path, self.size, self.quality, self.limits)
+
+
+def pair_rejection(candidate: Candidate, source: Encoded, target: Encoded | None) -> str | None:
+    """Why a (paired) candidate cannot be stored, or None."""
+    if source.rejected is not None:
+        return source.rejected
+    if target is None or candidate.partner is None:
+        return None
+    if target.rejected is not None:
+        return f"its target {candidate.partner.relpath}: {target.rejected}"
+    if (
+        abs(source.width * target.height - target.width * source.height)
+        > ASPECT_TOLERANCE * source.width * target.height
+    ):
+        return (
+            f"source is {source.width}x{source.height}, its target {candidate.partner.relpath} "
+            f"{target.width}x{target.height}: paired images need the same aspect ratio (one canonical crop)"
+        )
+    return None
+
+
+def plan_pairs(cfg: OrganizeConfig, candidates: list[Candidate]) -> PairPlan | None:
+    """The pairing of a paired build (None for a plain one)."""
+    if cfg.pairs is not None:
+        return pair_csv([c.relpath for c in candidates], cfg.source, cfg.target or cfg.source, cfg.pairs)
+    if cfg.target is not None:
+        return pair_folders([c.relpath for c in candidates], cfg.target)
+    return None
+
+
+def pairing_record(cfg: OrganizeConfig, pairs: int) -> dict[str, object]:
+    """What the manifest records about a paired build."""
+    target = cfg.target or cfg.source
+    return {
+        "images": TARGET_IMAGES_DIR,
+        "match": "csv" if cfg.pairs is not None else "relative path without extension",
+        "target": str(target.resolve()),
+        "csv": None if cfg.pairs is None else str(cfg.pairs.resolve()),
+        "pairs": pairs,
+    }
 
 
 def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
@@ -153,6 +211,16 @@ def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     candidates, rejections = discover(cfg.source, cfg.val_fraction)
+    paired = plan_pairs(cfg, candidates)
+    if paired is not None:
+        rejections += paired.rejections
+        candidates = [
+            replace(c, partner=paired.partners[c.relpath]) for c in candidates if c.relpath in paired.partners
+        ]
+        if paired.rejections:
+            log.warning(
+                "%d input(s) could not be paired (see %s/rejected.txt)", len(paired.rejections), cfg.dataset
+            )
     keys = make_keys([c.relpath for c in candidates])
     classes = tuple(sorted({c.label for c in candidates if c.label is not None}))
     prepare_dataset_dir(cfg.dataset, cfg.overwrite)
@@ -161,24 +229,30 @@ def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
     for split in sorted({c.split for c in candidates}):
         members = [c for c in candidates if c.split == split]
         ordered = [members[i] for i in rng.permutation(len(members))]
-        with SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer:
-            for candidate, encoded in zip(
+        with (
+            SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer,
+            SplitWriter(cfg.dataset / TARGET_IMAGES_DIR, split, cfg.samples_per_shard) as target_writer,
+        ):
+            for candidate, (encoded, target) in zip(
                 ordered, ordered_map(_Encoder(cfg), ordered, cfg.workers), strict=True
             ):
-                if encoded.rejected is not None:
-                    rejections.append(Rejection("organize", candidate.relpath, encoded.rejected))
+                reason = pair_rejection(candidate, encoded, target)
+                if reason is not None:
+                    rejections.append(Rejection("organize", candidate.relpath, reason))
                     continue
-                meta = {
-                    "key": keys[candidate.relpath],
-                    "source": candidate.relpath,
+                key = keys[candidate.relpath]
+                label = {
                     "split": split,
                     "label": candidate.label,
                     "label_index": None if candidate.label is None else classes.index(candidate.label),
-                    "width": encoded.width,
-                    "height": encoded.height,
-                    "mode": encoded.mode,
                 }
-                writer.add(keys[candidate.relpath], {"jpg": encoded.jpeg, "json": json.dumps(meta).encode()})
+                meta = {"key": key, "source": candidate.relpath, **label, **encoded.size_record()}
+                if target is not None and candidate.partner is not None:
+                    meta["target"] = candidate.partner.relpath
+                    side = {"key": key, "source": candidate.partner.relpath, "pair_of": candidate.relpath}
+                    side |= label | target.size_record()
+                    target_writer.add(key, {"jpg": target.jpeg, "json": json.dumps(side).encode()})
+                writer.add(key, {"jpg": encoded.jpeg, "json": json.dumps(meta).encode()})
         if writer.shards:
             splits[split] = SplitInfo(tuple(ShardInfo(name, count) for name, count in writer.shards))
         else:
@@ -198,6 +272,7 @@ def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
         splits=splits,
         classes=classes,
         rejected=len(rejections),
+        pairing={} if paired is None else pairing_record(cfg, sum(splits[s].count for s in splits)),
     )
     save_manifest(cfg.dataset, manifest)
     counts = {name: info.count for name, info in splits.items()}
@@ -229,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset (and its features)"
+    )
+    parser.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        help="paired dataset: folder of target images matched to the source images by relative path "
+        "(extension aside); teachers are extracted from the target side (docs/alignment.md)",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="paired dataset: CSV with the header source,target (paths under SOURCE and --target, "
+        "default SOURCE) instead of matching by path",
     )
     return parser
 
