@@ -16,6 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from distill.models.config import StudentConfig
 from distill.teachers.precision import TeacherPrecision
+from distill.train.adapter import AdapterConfig
 from distill.train.typed import ConfigError, build, require_non_negative, require_positive
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -56,6 +57,7 @@ class TrainingConfig:
     online_stats_steps: int
     calibration_batches: int
     loss: dict[str, Any]  # distill.losses.LossConfig fields
+    val_at_start: bool = False  # also validate before the first step (preset=align: alignment before/after)
 
     def __post_init__(self) -> None:
         for key in (
@@ -128,8 +130,13 @@ class RunConfig:
     teachers: dict[str, TeacherConfig]
     training: TrainingConfig
     logging: LoggingConfig
+    adapter: AdapterConfig | None = None  # LoRA on a frozen init_from student (preset=align)
 
     def __post_init__(self) -> None:
+        if self.adapter is not None and not self.init_from:
+            raise ConfigError("adapter: LoRA adapts a trained student; set init_from=<student folder>")
+        if self.adapter is not None and self.training.ema_decay is not None:
+            raise ConfigError("training.ema_decay: adapters train without EMA; set training.ema_decay=null")
         if not self.teachers:
             raise ConfigError("teachers: the teacher set is empty; pick one with teachers=all5|cdm|dinov2")
         seen: dict[str, str] = {}

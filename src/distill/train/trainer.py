@@ -35,6 +35,7 @@ from distill.losses import LossBreakdown, LossConfig, distillation_loss
 from distill.models import Student, read_stats
 from distill.models.quantize import code_histogram, usage_metrics
 from distill.optim import WarmupCosine, build_optimizer
+from distill.train.adapter import ADAPTER_DIR, StudentAdapter
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
 from distill.train.config import RunConfig
 from distill.train.ema import Ema
@@ -165,9 +166,11 @@ class Trainer:
         self.config = inputs.student
         starting_from = plan.resume_from or (Path(cfg.init_from) if cfg.init_from else None)
         self.student = Student(self.config, load_pretrained=starting_from is None)
-        if plan.resume_from is None and cfg.init_from:
+        # adapters resume on top of the frozen init student: their checkpoints hold only what trains
+        if cfg.init_from and (plan.resume_from is None or cfg.adapter is not None):
             load_student_weights(self.student, Path(cfg.init_from), "init_from")
             log.info("initialised the student from %s", cfg.init_from)
+        self.adapter = StudentAdapter(self.student, cfg.adapter) if cfg.adapter is not None else None
         self.student.set_stats(stats)
         self.student.to(ctx.device)
         moments = image_moments(self._calibration_images(), ctx)
@@ -188,6 +191,8 @@ class Trainer:
         )
         # after the optimiser, so its parameter groups (and checkpoints) do not depend on the weights
         self.frozen = freeze_unreachable(self.student, self.loss_cfg)
+        if self.adapter is not None:
+            log.info("frozen student with LoRA adapters; training %s", _summarise(self.adapter.trainable()))
         if self.frozen:
             log.info(
                 "%d parameter tensor(s) get no gradient with these loss weights and are frozen: %s",
@@ -241,7 +246,10 @@ class Trainer:
                 f"({state.world_size} ranks x {state.batch_size}); this run has {world} x {batch} x "
                 f"{self.cfg.training.grad_accum}. Resume with the same global batch and training.grad_accum"
             )
-        load_student_weights(self.student, checkpoint.student_dir, "checkpoint")
+        if self.adapter is not None:
+            self.adapter.load(checkpoint.path / ADAPTER_DIR)
+        else:
+            load_student_weights(self.student, checkpoint.student_dir, "checkpoint")
         saved = read_stats(checkpoint.student_dir, self.config)
         changed = sorted(
             name
@@ -327,7 +335,10 @@ class Trainer:
         training = self.cfg.training
         stream = self.loader.train(start_batch=self.step * training.grad_accum)
         window = _Window()
-        self.model.train()
+        # a frozen student (adapters) runs in eval mode: z batch norm keeps its statistics, no buffer moves
+        self.model.train(self.adapter is None)
+        if training.val_at_start and self.step == 0:
+            self.validate()
         while self.step < training.steps:
             started = time.perf_counter()
             lr, grad_norm = self._optimizer_step(stream, window)
@@ -377,9 +388,10 @@ class Trainer:
         """z batch-norm statistics for the weights about to be evaluated or saved (live and EMA).
 
         Validation, checkpoint and export often fall on the same step: the weights have not moved, so
-        the statistics are computed once per step.
+        the statistics are computed once per step. A frozen student with adapters keeps its own: its
+        z norm is part of what alignment must match.
         """
-        if self._calibrated_at == self.step:
+        if self._calibrated_at == self.step or self.adapter is not None:
             return
         models = [self.student] + ([self.ema.module] if self.ema is not None else [])
         recalibrate(models, self._calibration_images(), self.ctx.device)
@@ -418,9 +430,17 @@ class Trainer:
         )
 
     def _save_models(self, folder: Path) -> None:
-        self.student.save_pretrained(folder / "student", self.stats)
+        self._save_student(folder / "student")
         if self.ema is not None:
             self.ema.module.save_pretrained(folder / "ema", self.stats)
+
+    def _save_student(self, folder: Path) -> None:
+        """The student folder; with adapters the merged student, and the adapter folder beside it."""
+        if self.adapter is None:
+            self.student.save_pretrained(folder, self.stats)
+            return
+        self.adapter.merged().save_pretrained(folder, self.stats)
+        self.adapter.save(folder.parent / ADAPTER_DIR)
 
     def save_checkpoint(self) -> None:
         self._recalibrate()
@@ -441,7 +461,7 @@ class Trainer:
         """The final weights as plain student folders: ``<run_dir>/student`` (and ``student_ema``)."""
         self._recalibrate()
         if self.ctx.is_main:
-            self.student.save_pretrained(self.run_dir / FINAL_STUDENT, self.stats)
+            self._save_student(self.run_dir / FINAL_STUDENT)
             if self.ema is not None:
                 self.ema.module.save_pretrained(self.run_dir / FINAL_EMA, self.stats)
         barrier(self.ctx)

@@ -1,0 +1,160 @@
+"""LoRA adapters on a frozen student (``preset=align``): peft injects and merges them, the trainer trains them.
+
+Aligning an encoder to another domain (a student on overlaid images matching the teachers on the clean
+ones) should move few weights and leave the rest exactly as trained, so the adapted student is the old
+one plus a small, separable change. Every student tensor is frozen; peft wraps the chosen backbone
+``Linear`` layers with low-rank ``A``/``B`` pairs (``B`` starts at zero: step 0 is the old student), and
+the modules named in ``train`` (a teacher's head, say) are trained in full beside them.
+
+Saved as an adapter folder (peft's ``adapter_config.json`` and ``adapter_model.safetensors``, plus
+``trained_modules.safetensors`` for ``train``) and as a merged student folder, which
+``Student.from_pretrained`` loads strictly like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraModel
+
+from distill.io import atomic_folder, atomic_write_text
+from distill.models import Student
+from distill.tensorfile import load as load_tensors
+from distill.tensorfile import save as save_tensors
+from distill.train.typed import ConfigError, require_positive
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+CONFIG_NAME = "adapter_config.json"  # peft's names, so the folder reads as a peft adapter
+WEIGHTS_NAME = "adapter_model.safetensors"
+TRAINED_NAME = "trained_modules.safetensors"
+ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """``adapter`` in the run config: LoRA on the student's backbone, and what else trains in full."""
+
+    rank: int  # LoRA rank r
+    alpha: int  # LoRA scale is alpha / r
+    target_modules: tuple[str, ...]  # backbone Linear names: q_proj, k_proj, v_proj, o_proj, fc1, fc2
+    train: tuple[str, ...] = ()  # student modules trained in full beside the adapters, e.g. heads.dinov2
+
+    def __post_init__(self) -> None:
+        require_positive("adapter.rank", self.rank)
+        require_positive("adapter.alpha", self.alpha)
+        if not self.target_modules:
+            raise ConfigError(
+                "adapter.target_modules: name at least one backbone layer, e.g. [q_proj, v_proj]"
+            )
+
+    def lora_config(self) -> LoraConfig:
+        names = "|".join(re.escape(name) for name in self.target_modules)
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=rf"backbone\..*\.({names})",
+            lora_dropout=0.0,  # the frozen student runs in eval mode: dropout would be off anyway
+            bias="none",
+        )
+
+
+class StudentAdapter:
+    """A student with LoRA adapters injected in place: train them, save them, merge them."""
+
+    def __init__(self, student: Student, config: AdapterConfig) -> None:
+        known = dict(student.named_modules())
+        unknown = [name for name in config.train if not name or name not in known]
+        if unknown:
+            tops = sorted(
+                {name.split(".")[0] for name in known if name} | {f"heads.{t}" for t in student.heads}
+            )
+            raise ConfigError(
+                f"adapter.train: the student has no module {unknown[0]!r} (e.g. {', '.join(tops)})"
+            )
+        student.requires_grad_(False)
+        self.config = config
+        self.student = student
+        self.tuner = LoraModel(student, config.lora_config(), ADAPTER_NAME)  # B = 0: outputs unchanged
+        for name in config.train:
+            student.get_submodule(name).requires_grad_(True)
+        self.trained = {
+            f"{name}.{tensor}": param
+            for name in config.train
+            for tensor, param in student.get_submodule(name).named_parameters()
+        }
+
+    def trainable(self) -> list[str]:
+        return [name for name, param in self.student.named_parameters() if param.requires_grad]
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v.detach() for k, v in get_peft_model_state_dict(self.tuner, adapter_name=ADAPTER_NAME).items()
+        }
+
+    def merged(self) -> Student:
+        """A plain student with ``W + (alpha / r) B A`` folded into each adapted layer (this one is untouched)."""
+        merged = copy.deepcopy(self.tuner).merge_and_unload(safe_merge=True)
+        if not isinstance(merged, Student):
+            raise TypeError(f"peft returned a {type(merged).__name__}, not the Student it wrapped")
+        return merged.requires_grad_(False).eval()
+
+    def save(self, folder: Path) -> None:
+        """Write the adapter folder atomically (a reader sees the old folder or the new one)."""
+        record = self.config_record()
+        with atomic_folder(folder) as staging:
+            save_tensors(staging / WEIGHTS_NAME, self.lora_state(), metadata={"format": "peft"})
+            if self.trained:
+                save_tensors(staging / TRAINED_NAME, {k: v.detach() for k, v in self.trained.items()})
+            atomic_write_text(staging / CONFIG_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    def config_record(self) -> dict[str, object]:
+        lora = self.tuner.peft_config[ADAPTER_NAME].to_dict()
+        lora = {k: sorted(v) if isinstance(v, set) else v for k, v in lora.items()}
+        return lora | {"distill_train": list(self.config.train)}
+
+    def load(self, folder: Path) -> None:
+        """Strictly load an adapter folder written by :meth:`save` for the same adapter config."""
+        fix = "resume from another checkpoint, or start a new run"
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}: not an adapter folder; {fix}")
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        expected = json.loads(json.dumps(self.config_record()))
+        differ = sorted(k for k in expected.keys() | saved.keys() if saved.get(k) != expected.get(k))
+        if differ:
+            raise ConfigError(
+                f"{path} was saved with another adapter config ({', '.join(differ)}); "
+                "use the adapter.* settings of the run that wrote it"
+            )
+        lora, _ = load_tensors(folder / WEIGHTS_NAME, "adapter weights file", fix)
+        _check_names(folder / WEIGHTS_NAME, lora, self.lora_state())
+        set_peft_model_state_dict(self.tuner, lora, adapter_name=ADAPTER_NAME)
+        if self.trained:
+            trained, _ = load_tensors(folder / TRAINED_NAME, "trained modules file", fix)
+            _check_names(folder / TRAINED_NAME, trained, self.trained)
+            with torch.no_grad():
+                for name, param in self.trained.items():
+                    param.copy_(trained[name])
+        if any(not torch.equal(v, lora[k]) for k, v in self.lora_state().items()):
+            raise RuntimeError(f"{folder / WEIGHTS_NAME}: peft did not load every adapter tensor")
+
+
+def _check_names(path: Path, found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [n for n in sorted(set(found) & set(expected)) if found[n].shape != expected[n].shape]
+    if missing or extra or wrong:
+        raise ValueError(
+            f"{path} does not fit this adapter: missing {missing[:4]}, unexpected {extra[:4]}, "
+            f"wrong shapes {wrong[:4]}; it was written for another student or adapter config"
+        )
