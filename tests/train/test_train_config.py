@@ -174,7 +174,7 @@ def test_help_shows_usage_and_groups(
     assert "torchrun --nproc_per_node=8 scripts/train_rvfm.py" in text
     for line in (
         "model: deit_base, deit_small, deit_tiny, tiny",
-        "preset: finetune, sim, train",
+        "preset: align, finetune, sim, train",
         "teachers: all5, cdm, dinov2",
     ):
         assert line in text
