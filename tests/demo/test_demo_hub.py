@@ -52,6 +52,7 @@ def test_demo_with_real_teacher_loading_from_local_paths(tmp_path: Path) -> None
         frames=3,
         steps=4,
         batch_size=4,
+        world_model_steps=0,  # 3-frame episodes hold no rollout; test_demo.py runs that step
     )
     result = run_demo(cfg)
 

@@ -22,7 +22,8 @@ from distill.decode.render import render
 from distill.models.student import Student
 
 
-def _weights(items: Sequence[str]) -> dict[str, str]:
+def parse_teacher_weights(items: Sequence[str]) -> dict[str, str]:
+    """``--teacher-weights NAME=WEIGHTS ...`` (decode and the world model's rollout) -> {name: weights}."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         specs,
         names,
         args.teachers_source,
-        _weights(args.teacher_weights),
+        parse_teacher_weights(args.teacher_weights),
         device,
         checkpoint=str(args.checkpoint),
     )

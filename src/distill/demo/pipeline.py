@@ -23,6 +23,7 @@ from distill.data.shards import iter_shard
 
 REPO = Path(__file__).resolve().parents[3]
 TEACHERS = ("clip", "dinov2", "mae", "sam", "depth_anything")
+WORLD_MODEL_HISTORY = 4  # distill-worldmodel train's default context
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class DemoConfig:
     pixel_weight: float = 4.0  # pixel_mse x 4: in a run this short, the pixel row is what shows z's content
     processes: int = 2  # torchrun processes for extraction and training
     storage: str = "int8"
+    world_model_steps: int = 300  # the latent world model's training steps (0: no world-model step)
+    horizon: int = 5  # imagined steps per held-out rollout (after a context of WORLD_MODEL_HISTORY z's)
 
 
 @dataclass
@@ -91,8 +94,26 @@ class DemoResult:
         return self.config.output / "evaluation"
 
     @property
+    def latents(self) -> Path:
+        """distill-encode's latent dataset: z of every frame of every episode, with its state and action."""
+        return self.config.output / "latents"
+
+    @property
+    def world_model(self) -> Path:
+        return self.config.output / "worldmodel"
+
+    @property
+    def rollouts(self) -> Path:
+        """distill-worldmodel rollout's metrics.json and the decoded rollout (MP4 and PNG strip)."""
+        return self.config.output / "rollouts"
+
+    @property
     def seconds(self) -> float:
         return sum(step.seconds for step in self.steps)
+
+
+def module(name: str) -> list[str]:
+    return [sys.executable, "-m", name]
 
 
 def script(path: str) -> list[str]:
@@ -159,7 +180,19 @@ def clear_previous_run(result: DemoResult) -> None:
         shutil.rmtree(result.run_dir)
 
 
+def check_world_model_fits(cfg: DemoConfig) -> None:
+    """A rollout needs a context and ``horizon`` more frames of one episode: refuse before any step runs."""
+    needed = WORLD_MODEL_HISTORY + cfg.horizon
+    if cfg.world_model_steps > 0 and cfg.frames < needed:
+        raise SystemExit(
+            f"[demo] the world-model step needs episodes of at least {needed} frames ({WORLD_MODEL_HISTORY} "
+            f"of context + horizon {cfg.horizon}), got {cfg.frames}: render longer episodes (--frames) "
+            "or leave the step out (DemoConfig.world_model_steps=0)"
+        )
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
+    check_world_model_fits(cfg)
     result = DemoResult(cfg)
     clear_previous_run(result)
     weights_flags = [f"--weights={name}={value}" for name, value in cfg.weights]
@@ -270,7 +303,55 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             *mask_flags(cfg.teacher_source),
         ],
     )
+    if cfg.world_model_steps > 0:
+        run_world_model_steps(result)
     return result
+
+
+def run_world_model_steps(result: DemoResult) -> None:
+    """Every episode to z, a small world model on the train episodes' z and actions, held-out rollouts."""
+    cfg = result.config
+    run_step(
+        result,
+        "encode every episode to z (a latent dataset with each frame's state and action)",
+        [
+            *script("encode_latents.py"),
+            str(result.student),
+            str(result.dataset),
+            str(result.latents),
+            "--overwrite",
+        ],
+    )
+    run_step(
+        result,
+        f"train a world model on the train episodes' z and actions ({cfg.world_model_steps} steps)",
+        [
+            *module("distill.worldmodel"),
+            "train",
+            str(result.latents),
+            str(result.world_model),
+            f"--history={WORLD_MODEL_HISTORY}",
+            f"--steps={cfg.world_model_steps}",
+            "--batch-size=32",
+        ],
+    )
+    run_step(
+        result,
+        "roll the world model out on the held-out episodes, against copy-last-frame",
+        [
+            *module("distill.worldmodel"),
+            "rollout",
+            str(result.world_model),
+            str(result.latents),
+            str(result.rollouts),
+            "--split=val",
+            f"--horizon={cfg.horizon}",
+            f"--student={result.student}",
+            "--videos=1",
+            f"--teachers-source={cfg.teacher_source}",
+            *[f"--teacher-weights={name}={value}" for name, value in cfg.weights],
+        ],
+    )
 
 
 def mask_flags(teacher_source: str) -> list[str]:

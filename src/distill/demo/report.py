@@ -52,6 +52,33 @@ def evaluation_lines(folder: Path, out: Path) -> list[str]:
     return [line.replace("](grid.png)", f"]({(folder / 'grid.png').relative_to(out)})") for line in lines]
 
 
+def world_model_lines(result: DemoResult) -> list[str]:
+    """The rollout metrics per horizon step (world model beside copy-last-frame) and the decoded rollout."""
+    metrics = json.loads((result.rollouts / "metrics.json").read_text(encoding="utf-8"))
+    cosine, psnr = metrics["cosine"], metrics["psnr"]
+    out = result.config.output
+    strips = sorted(result.rollouts.glob("rollout_*.png"))
+    return [
+        f"## A world model on z ({result.config.world_model_steps} steps; {metrics['windows']} held-out windows)",
+        "",
+        "Open loop: 4 true z's and every action in, its own predictions fed back. Cosine to the true z, and "
+        "PSNR of the pixels decoded from each z (`encoded`: from the true frame's own z, the ceiling).",
+        "",
+        "| horizon | z cosine: world model | copy last | PSNR (dB): world model | copy last | encoded |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| t+{h + 1} | {cosine['world_model'][h]:.3f} | {cosine['copy_last'][h]:.3f} | "
+            f"{psnr['world_model'][h]:.2f} | {psnr['copy_last'][h]:.2f} | {psnr['encoded'][h]:.2f} |"
+            for h in range(metrics["horizon"])
+        ],
+        "",
+        *[f"- [{v.relative_to(out)}]({v.relative_to(out)})" for v in sorted(result.rollouts.glob("*.mp4"))],
+        "",
+        *[f"![{strip.stem}]({strip.relative_to(out)})" for strip in strips],
+        "",
+    ]
+
+
 def write_report(result: DemoResult) -> Path:
     out = result.config.output
     records = read_metrics(result.run_dir / "metrics.jsonl")
@@ -85,6 +112,7 @@ def write_report(result: DemoResult) -> Path:
         "",
         *[f"![{s.stem}]({s.name})" for s in stills],
         "",
+        *(world_model_lines(result) if cfg.world_model_steps > 0 else []),
         "## Steps",
         "",
         "| step | seconds | command |",

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from distill.cli_errors import exit_code_of
+from distill.decode.cli import parse_teacher_weights
 from distill.worldmodel.run import RolloutConfig, evaluate_rollouts
 from distill.worldmodel.train import TrainConfig, train_world_model
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=128)
     train.add_argument("--depth", type=int, default=2)
     train.add_argument("--heads", type=int, default=4)
+    train.add_argument("--dropout", type=float, default=TrainConfig.dropout)
+    train.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -58,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--student", type=Path, default=None, help="the latents' student: PSNR and videos")
     rollout.add_argument("--videos", type=int, default=2, help="rollouts to decode to MP4/PNG")
     rollout.add_argument("--teachers-source", choices=["auto", "tiny", "hub"], default="auto")
+    rollout.add_argument(
+        "--teacher-weights",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=WEIGHTS",
+        help="hub id, directory or file per teacher, for the decoded videos (as distill-decode)",
+    )
     rollout.add_argument("--device", default="cpu")
     return parser
 
@@ -80,9 +91,11 @@ def _run(args: argparse.Namespace) -> int:
             args.width,
             args.depth,
             args.heads,
+            args.dropout,
             args.steps,
             args.batch_size,
             args.lr,
+            args.weight_decay,
             seed=args.seed,
             device=args.device,
             target=args.target,
@@ -102,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             args.videos,
             args.teachers_source,
             args.device,
+            tuple(parse_teacher_weights(args.teacher_weights).items()),
         )
         print(json.dumps(evaluate_rollouts(rollout_cfg).to_dict()))
     return 0

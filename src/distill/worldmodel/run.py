@@ -28,6 +28,7 @@ class RolloutConfig:
     videos: int = 2
     teachers_source: Literal["auto", "tiny", "hub"] = "auto"
     device: str = "cpu"
+    teacher_weights: tuple[tuple[str, str], ...] = ()  # (teacher, hub id / dir / file) for the decoders
 
 
 def evaluate_rollouts(cfg: RolloutConfig) -> RolloutMetrics:
@@ -57,6 +58,7 @@ def evaluate_rollouts(cfg: RolloutConfig) -> RolloutMetrics:
             student.config.teachers,
             names,
             cfg.teachers_source,
+            dict(cfg.teacher_weights),
             device=cfg.device,
             checkpoint=str(cfg.student),
         )

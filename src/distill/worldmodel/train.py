@@ -53,10 +53,13 @@ class TrainConfig:
     width: int = 128
     depth: int = 2
     heads: int = 4
+    dropout: float = (
+        0.1  # with weight_decay, keeps the small model from memorising its episodes (docs/decisions.md)
+    )
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.01
+    weight_decay: float = 0.05
     seed: int = 0
     device: str = "cpu"
     log_every: int = 50
@@ -106,6 +109,7 @@ def _build(cfg: TrainConfig, clips: LatentClips) -> LatentWorldModel:
         cfg.width,
         cfg.depth,
         cfg.heads,
+        dropout=cfg.dropout,
         target=cfg.target,
         codes=ref.codes if table is not None else 0,
         vocabulary=ref.vocabulary if table is not None else 0,
