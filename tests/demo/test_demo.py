@@ -93,6 +93,9 @@ def assert_world_model_step(result: DemoResult, text: str) -> None:
         f"| t+1 | {metrics['cosine']['world_model'][0]:.3f} | {metrics['cosine']['copy_last'][0]:.3f} |"
         in text
     )
+    cosine = metrics["cosine"]
+    ahead = [h + 1 for h in range(cfg.horizon) if cosine["world_model"][h] > cosine["copy_last"][h]]
+    assert f"copy-last-frame's at horizons {ahead or 'none'} of 1-{cfg.horizon}." in text
     with av.open(str(result.rollouts / f"rollout_{HELD_OUT}.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == cfg.horizon  # one grid per imagined step
     assert f"](rollouts/rollout_{HELD_OUT}.png)" in text

@@ -64,6 +64,7 @@ def test_the_export_writes_each_frames_codes_and_z_is_what_they_stand_for(
     with torch.no_grad():
         assert torch.equal(model.codes_to_z(batch.codes.flatten(0, 1)), batch.z.flatten(0, 1))
     loaded = Student.from_pretrained(latents.parent / "student")  # with its stats, as decode_z needs
+    assert video.codes is not None
     from_codes, from_z = (decode_z(loaded, x, "pca,pixels") for x in (video.codes, video.z))
     assert torch.equal(from_codes.pixels[PIXEL_HEAD], from_z.pixels[PIXEL_HEAD])
     assert torch.equal(from_codes.pca["dinov2"], from_z.pca["dinov2"])

@@ -99,7 +99,7 @@ def _contents(root: Path) -> tuple[object, dict[str, torch.Tensor]]:
     """A latent dataset's meaning: file names, manifest, headers (no temporaries), and every tensor."""
     manifest = load_latent_manifest(root)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    headers, tensors = [], {}
+    headers, tensors = [], dict[str, torch.Tensor]()
     for split, videos in manifest.splits.items():
         for video_id, _ in videos:
             path = video_path(root, split, video_id)

@@ -16,14 +16,15 @@ from latent_helpers import save_tiny_student, write_frames_dataset
 from distill.data.latent_clips import LatentClips
 from distill.data.latents import CheckpointRef
 from distill.distributed import DistContext
-from distill.encode import EncodeConfig, run_encoding
+from distill.encode import EncodeConfig, encode_latents, run_encoding
 from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.worldmodel import (
     LatentWorldModel,
+    RolloutConfig,
     TrainConfig,
     WorldModelConfig,
+    evaluate_rollouts,
     load_world_model,
-    run_worldmodel_demo,
     train_world_model,
 )
 from distill.worldmodel.rollout import imagine, rollout_metrics
@@ -115,9 +116,15 @@ def pusht(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_world_model_demo_end_to_end(pusht: Path) -> None:
+def test_pusht_to_latents_to_world_model_to_decoded_rollouts(pusht: Path) -> None:
     save_tiny_student(pusht / "student")
-    metrics = run_worldmodel_demo(pusht / "frames", pusht / "student", pusht / "out", steps=60, horizon=3)
+    out = pusht / "out"
+    encode_latents(EncodeConfig(pusht / "student", pusht / "frames", out / "latents", device="cpu"))
+    train_world_model(TrainConfig(out / "latents", out / "worldmodel", steps=60, batch_size=32))
+    rollouts = RolloutConfig(
+        out / "worldmodel", out / "latents", out / "rollouts", horizon=3, student=pusht / "student"
+    )
+    metrics = evaluate_rollouts(rollouts)
     assert metrics.windows > 0 and len(metrics.cosine["world_model"]) == 3
     assert set(metrics.psnr) == {"world_model", "copy_last", "encoded"}
     saved = json.loads((pusht / "out" / "rollouts" / "metrics.json").read_text())

@@ -5,12 +5,9 @@ Python API::
     from distill.worldmodel import TrainConfig, train_world_model, RolloutConfig, evaluate_rollouts
     train_world_model(TrainConfig(Path("latents"), Path("wm")))
     metrics = evaluate_rollouts(RolloutConfig(Path("wm"), Path("latents"), Path("out"), student=Path("student")))
-
-``run_worldmodel_demo(frames_dataset, checkpoint, out_dir)`` does encode, train and rollout in one call.
 """
 
 from distill.worldmodel.config import WorldModelConfig
-from distill.worldmodel.demo import run_worldmodel_demo
 from distill.worldmodel.model import LatentWorldModel, load_world_model, save_world_model
 from distill.worldmodel.rollout import RolloutMetrics, rollout_metrics
 from distill.worldmodel.run import RolloutConfig, evaluate_rollouts
@@ -25,7 +22,6 @@ __all__ = [
     "evaluate_rollouts",
     "load_world_model",
     "rollout_metrics",
-    "run_worldmodel_demo",
     "save_world_model",
     "train_world_model",
 ]
