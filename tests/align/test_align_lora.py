@@ -10,7 +10,7 @@ import torch
 from distill.models import Student, StudentConfig
 from distill.stats import FeatureStats
 from distill.teachers import load_teacher
-from distill.train.adapter import AdapterConfig, StudentAdapter
+from distill.train.adapter import AdapterConfig, LoraAdapter
 from distill.train.typed import ConfigError
 
 CONFIG = AdapterConfig(rank=4, alpha=8, target_modules=("q_proj", "v_proj"), train=("heads.dinov2",))
@@ -37,10 +37,10 @@ def _images() -> torch.Tensor:
     )
 
 
-def _perturb(adapter: StudentAdapter) -> None:
+def _perturb(adapter: LoraAdapter[Student]) -> None:
     """What training does to the trainable tensors: every LoRA B away from zero, the head moved."""
     with torch.no_grad():
-        for param in adapter.student.parameters():
+        for param in adapter.module.parameters():
             if param.requires_grad:
                 param.add_(0.3 * torch.randn_like(param))
 
@@ -49,7 +49,7 @@ def test_only_adapters_and_chosen_modules_train_and_start_as_a_no_op() -> None:
     student = _student()
     images = _images()
     before = student(images)
-    adapter = StudentAdapter(student, CONFIG)
+    adapter = LoraAdapter(student, CONFIG)
     trainable = adapter.trainable()
     lora = [n for n in trainable if ".lora_" in n]
     assert len(lora) == 2 * 2 * student.config.backbone.depth  # A and B, q_proj and v_proj, per layer
@@ -65,7 +65,7 @@ def test_only_adapters_and_chosen_modules_train_and_start_as_a_no_op() -> None:
 
 def test_merged_equals_unmerged_and_loads_strictly(tmp_path: Path) -> None:
     student = _student()
-    adapter = StudentAdapter(student, CONFIG)
+    adapter = LoraAdapter(student, CONFIG)
     _perturb(adapter)
     images = _images()
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_merged_equals_unmerged_and_loads_strictly(tmp_path: Path) -> None:
 
 
 def test_adapter_folder_round_trip_and_strictness(tmp_path: Path) -> None:
-    adapter = StudentAdapter(_student(), CONFIG)
+    adapter = LoraAdapter(_student(), CONFIG)
     _perturb(adapter)
     adapter.save(tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
@@ -99,15 +99,15 @@ def test_adapter_folder_round_trip_and_strictness(tmp_path: Path) -> None:
         "adapter_model.safetensors",
         "trained_modules.safetensors",
     ]
-    fresh = StudentAdapter(_student(), CONFIG)
+    fresh = LoraAdapter(_student(), CONFIG)
     fresh.load(tmp_path / "adapter")
     images = _images()
     with torch.no_grad():
-        assert torch.equal(fresh.student(images).z, adapter.student(images).z)
+        assert torch.equal(fresh.module(images).z, adapter.module(images).z)
 
     with pytest.raises(ConfigError, match="another adapter config"):
-        StudentAdapter(_student(), AdapterConfig(8, 16, ("q_proj", "v_proj"), ("heads.dinov2",))).load(
+        LoraAdapter(_student(), AdapterConfig(8, 16, ("q_proj", "v_proj"), ("heads.dinov2",))).load(
             tmp_path / "adapter"
         )
     with pytest.raises(ConfigError, match=r"no module 'heads\.clip'"):
-        StudentAdapter(_student(), AdapterConfig(4, 8, ("q_proj",), ("heads.clip",)))
+        LoraAdapter(_student(), AdapterConfig(4, 8, ("q_proj",), ("heads.clip",)))

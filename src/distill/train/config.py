@@ -121,7 +121,7 @@ class RunConfig:
     run_name: str | None
     output_dir: str
     resume: str | None  # None | "auto" | a checkpoint directory
-    init_from: str | None  # a student folder to start from (finetune)
+    init_from: str | None  # a student folder to start from (finetune, preset=align)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     teacher_source: Literal["tiny", "hub"]
@@ -130,11 +130,11 @@ class RunConfig:
     teachers: dict[str, TeacherConfig]
     training: TrainingConfig
     logging: LoggingConfig
-    adapter: AdapterConfig | None = None  # LoRA on a frozen init_from student (preset=align)
+    adapter: AdapterConfig | None = None  # LoRA on a frozen init_from student or teacher copy (preset=align)
 
     def __post_init__(self) -> None:
-        if self.adapter is not None and not self.init_from:
-            raise ConfigError("adapter: LoRA adapts a trained student; set init_from=<student folder>")
+        if self.adapter is not None:
+            self._check_adapter(self.adapter)
         if self.adapter is not None and self.training.ema_decay is not None:
             raise ConfigError("training.ema_decay: adapters train without EMA; set training.ema_decay=null")
         if not self.teachers:
@@ -158,6 +158,26 @@ class RunConfig:
         unknown = sorted(set(self.model) - allowed)
         if unknown:
             raise ConfigError(f"model.{unknown[0]}: unknown key (known: {', '.join(sorted(allowed))})")
+
+    def _check_adapter(self, adapter: AdapterConfig) -> None:
+        """The student path adapts init_from; the teacher path adapts a copy of the run's one stored teacher."""
+        if adapter.encoder == "student" and not self.init_from:
+            raise ConfigError(
+                "adapter: LoRA adapts a trained student; set init_from=<student folder> "
+                "(or adapter.encoder=teacher to adapt a copy of the teacher)"
+            )
+        if adapter.encoder == "teacher":
+            if self.init_from:
+                raise ConfigError(
+                    "init_from: adapter.encoder=teacher adapts a copy of the teacher, not a student; "
+                    "set init_from=null"
+                )
+            if len(self.teachers) != 1 or any(t.online for t in self.teachers.values()):
+                raise ConfigError(
+                    f"teachers: adapter.encoder=teacher aligns one teacher to its own stored features of the "
+                    f"target images; pick one precomputed teacher (teachers=dinov2), not {sorted(self.teachers)}"
+                    + (" with online=true" if any(t.online for t in self.teachers.values()) else "")
+                )
 
     def teacher_weights(self) -> dict[str, float]:
         return {t.name: t.weight for t in self.teachers.values()}

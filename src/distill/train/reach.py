@@ -22,9 +22,10 @@ import torch
 from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student
+from distill.train.teacher_source import TeacherEncoder
 
 
-def unreachable_parameters(student: Student, loss: LossConfig) -> list[str]:
+def unreachable_parameters(student: Student | TeacherEncoder, loss: LossConfig) -> list[str]:
     """Names of the trainable parameters that get no gradient from ``loss`` (in module order)."""
     size = student.config.image_size
     named = [(name, p) for name, p in student.named_parameters() if p.requires_grad]
@@ -49,7 +50,7 @@ def unreachable_parameters(student: Student, loss: LossConfig) -> list[str]:
     return [name for (name, _), grad in zip(named, grads, strict=True) if grad is None]
 
 
-def freeze_unreachable(student: Student, loss: LossConfig) -> list[str]:
+def freeze_unreachable(student: Student | TeacherEncoder, loss: LossConfig) -> list[str]:
     """Set ``requires_grad=False`` on every parameter the loss cannot reach; returns their names."""
     frozen = unreachable_parameters(student, loss)
     params = dict(student.named_parameters())

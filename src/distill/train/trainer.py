@@ -32,10 +32,11 @@ from distill.distributed import (
 )
 from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
-from distill.models import Student, read_stats
+from distill.models import Student, StudentConfig, read_stats
 from distill.models.quantize import code_histogram, usage_metrics
 from distill.optim import WarmupCosine, build_optimizer
-from distill.train.adapter import ADAPTER_DIR, StudentAdapter
+from distill.teachers import load_teacher
+from distill.train.adapter import ADAPTER_DIR, LoraAdapter
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
 from distill.train.config import RunConfig
 from distill.train.ema import Ema
@@ -45,6 +46,7 @@ from distill.train.precision import AutocastFactory, autocast_factory
 from distill.train.reach import freeze_unreachable
 from distill.train.rundir import RunPlan, plan_run
 from distill.train.setup import Inputs, load_student_weights, prepare_inputs
+from distill.train.teacher_source import TeacherEncoder, TeacherEncoderConfig, read_teacher_stats
 from distill.train.validate import evaluate
 
 log = logging.getLogger(__name__)
@@ -163,21 +165,38 @@ class Trainer:
         self.stats = stats
 
         rng.seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.config = inputs.student
         starting_from = plan.resume_from or (Path(cfg.init_from) if cfg.init_from else None)
-        self.student = Student(self.config, load_pretrained=starting_from is None)
+        self.student: Student | TeacherEncoder
+        self.config: StudentConfig | TeacherEncoderConfig
+        if cfg.adapter is not None and cfg.adapter.encoder == "teacher":
+            # the source encoder is a copy of the teacher whose stored features are the targets
+            (teacher,) = cfg.teachers.values()
+            self.student = TeacherEncoder(
+                load_teacher(teacher.name, teacher.source, teacher.weights, device="cpu"),
+                inputs.student.image_size,
+            )
+            log.info(
+                "source encoder: a copy of teacher %s (%s)", teacher.name, teacher.weights or teacher.source
+            )
+        else:
+            self.student = Student(inputs.student, load_pretrained=starting_from is None)
+        self.config = self.student.config
         # adapters resume on top of the frozen init student: their checkpoints hold only what trains
         if cfg.init_from and (plan.resume_from is None or cfg.adapter is not None):
+            assert isinstance(self.student, Student)  # RunConfig refuses init_from with a teacher encoder
             load_student_weights(self.student, Path(cfg.init_from), "init_from")
             log.info("initialised the student from %s", cfg.init_from)
-        self.adapter = StudentAdapter(self.student, cfg.adapter) if cfg.adapter is not None else None
+        self.adapter = LoraAdapter(self.student, cfg.adapter) if cfg.adapter is not None else None
         self.student.set_stats(stats)
         self.student.to(ctx.device)
         moments = image_moments(self._calibration_images(), ctx)
         self.loss_cfg = replace(self.loss_cfg, pixel_scale=pixel_scale(moments))
         if starting_from is None and self.student.pixel_head is not None:
             self.student.pixel_head.set_canvas(moments.mean_image)
-        self.ema: Ema[Student] | None = Ema(self.student, training.ema_decay) if training.ema_decay else None
+        self.ema: Ema[Student] | None = None
+        if training.ema_decay:
+            assert isinstance(self.student, Student)  # RunConfig refuses EMA with adapters
+            self.ema = Ema(self.student, training.ema_decay)
         self.optimizer = build_optimizer(
             self.student,
             lr=training.lr,
@@ -192,7 +211,11 @@ class Trainer:
         # after the optimiser, so its parameter groups (and checkpoints) do not depend on the weights
         self.frozen = freeze_unreachable(self.student, self.loss_cfg)
         if self.adapter is not None:
-            log.info("frozen student with LoRA adapters; training %s", _summarise(self.adapter.trainable()))
+            log.info(
+                "frozen %s with LoRA adapters; training %s",
+                self.adapter.config.encoder,
+                _summarise(self.adapter.trainable()),
+            )
         if self.frozen:
             log.info(
                 "%d parameter tensor(s) get no gradient with these loss weights and are frozen: %s",
@@ -249,8 +272,12 @@ class Trainer:
         if self.adapter is not None:
             self.adapter.load(checkpoint.path / ADAPTER_DIR)
         else:
+            assert isinstance(self.student, Student)  # a teacher encoder always has adapters
             load_student_weights(self.student, checkpoint.student_dir, "checkpoint")
-        saved = read_stats(checkpoint.student_dir, self.config)
+        if isinstance(self.config, TeacherEncoderConfig):
+            saved = read_teacher_stats(checkpoint.student_dir, self.config)
+        else:
+            saved = read_stats(checkpoint.student_dir, self.config)
         changed = sorted(
             name
             for name, stats in self.stats.items()
@@ -393,6 +420,7 @@ class Trainer:
         """
         if self._calibrated_at == self.step or self.adapter is not None:
             return
+        assert isinstance(self.student, Student)  # a teacher encoder always has adapters
         models = [self.student] + ([self.ema.module] if self.ema is not None else [])
         recalibrate(models, self._calibration_images(), self.ctx.device)
         self._calibrated_at = self.step

@@ -22,11 +22,12 @@ from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models.config import StudentConfig
 from distill.models.quantize import code_histogram, code_layout, usage_metrics
+from distill.train.teacher_source import TeacherEncoderConfig
 
 TargetFn = Callable[[Batch, torch.Tensor], dict[str, TeacherOutput]]  # (batch, images on device) -> targets
 
 
-def metric_names(config: StudentConfig) -> list[str]:
+def metric_names(config: StudentConfig | TeacherEncoderConfig) -> list[str]:
     """The fixed list of validation metrics, identical on every rank (even one with no val samples)."""
     names = ["loss"]
     for teacher, spec in sorted(config.teachers.items()):
@@ -54,7 +55,7 @@ def per_sample_psnr(pixels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    config: StudentConfig,
+    config: StudentConfig | TeacherEncoderConfig,
     batches: Iterable[Batch],
     targets_of: TargetFn,
     loss_cfg: LossConfig,
@@ -65,7 +66,7 @@ def evaluate(
     names = metric_names(config)
     index = {name: i for i, name in enumerate(names)}
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-    layout = code_layout(config)
+    layout = code_layout(config) if isinstance(config, StudentConfig) else None
     codes = None if layout is None else torch.zeros(layout, dtype=torch.float64)
     was_training = model.training
     model.eval()
