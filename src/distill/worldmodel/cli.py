@@ -47,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="z",
         help="z: regress the next z | codes: cross-entropy over the next frame's codes (a quantised student's latents)",
     )
-    train.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: none)")
+    train.add_argument("--log-every", type=int, default=TrainConfig.log_every, help="steps per logged loss")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="steps between checkpoints, a multiple of --log-every (0: none)",
+    )
     train.add_argument("--keep-last", type=int, default=2, help="checkpoints kept")
     train.add_argument(
         "--resume", action="store_true", help="continue from the output folder's latest checkpoint"
@@ -98,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
             args.weight_decay,
             seed=args.seed,
             device=args.device,
+            log_every=args.log_every,
             target=args.target,
             checkpoint_every=args.checkpoint_every,
             keep_last=args.keep_last,
