@@ -38,12 +38,18 @@ from distill.geometry import canonical_view
 from distill.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, RejectedInput, load_rgb
 from distill.preprocess.cli import config_from_args, setup_logging
 from distill.preprocess.dataset_dir import prepare_dataset_dir
-from distill.preprocess.pairs import PairPlan, Partner, pair_csv, pair_folders
+from distill.preprocess.pairs import (
+    ASPECT_TOLERANCE,
+    PairPlan,
+    Partner,
+    pair_csv,
+    pair_folders,
+    pairing_record,
+)
 from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
 SPLIT_FOLDERS = ("train", "val", "test")
-ASPECT_TOLERANCE = 0.01  # paired sides may differ in resolution, not in shape
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -194,18 +200,6 @@ def plan_pairs(cfg: OrganizeConfig, candidates: list[Candidate]) -> PairPlan | N
     return None
 
 
-def pairing_record(cfg: OrganizeConfig, pairs: int) -> dict[str, object]:
-    """What the manifest records about a paired build."""
-    target = cfg.target or cfg.source
-    return {
-        "images": TARGET_IMAGES_DIR,
-        "match": "csv" if cfg.pairs is not None else "relative path without extension",
-        "target": str(target.resolve()),
-        "csv": None if cfg.pairs is None else str(cfg.pairs.resolve()),
-        "pairs": pairs,
-    }
-
-
 def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
     """Build ``cfg.dataset`` from ``cfg.source``; see the module docstring for the rules."""
     if not 0.0 <= cfg.val_fraction < 1.0:
@@ -272,7 +266,9 @@ def organize_images(cfg: OrganizeConfig) -> OrganizeReport:
         splits=splits,
         classes=classes,
         rejected=len(rejections),
-        pairing={} if paired is None else pairing_record(cfg, sum(splits[s].count for s in splits)),
+        pairing={}
+        if paired is None
+        else pairing_record(cfg.target or cfg.source, cfg.pairs, sum(splits[s].count for s in splits)),
     )
     save_manifest(cfg.dataset, manifest)
     counts = {name: info.count for name, info in splits.items()}

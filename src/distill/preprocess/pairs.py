@@ -3,7 +3,8 @@
 The student reads the source side, the teachers the target side, under one key. Two ways to pair:
 
 - folders: a source file and a target file match when their relative paths agree without the
-  extension (``scenes/a.png`` pairs ``scenes/a.jpg``), so overlays saved as PNG pair JPEG originals;
+  extension (``scenes/a.png`` pairs ``scenes/a.jpg``), so overlays saved as PNG pair JPEG originals
+  (videos pair the same way: ``ep1.mp4`` with ``ep1.mkv``);
 - a CSV with the header ``source,target``: one pair per row, paths relative to the two folders.
 
 A pairing error is never resolved by guessing: a file without a partner, two files claiming one
@@ -19,10 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from distill.data.manifest import TARGET_IMAGES_DIR
 from distill.images import IMAGE_EXTENSIONS
 from distill.preprocess.rejected import Rejection
 
 CSV_HEADER = ("source", "target")
+ASPECT_TOLERANCE = 0.01  # paired sides may differ in resolution, not in shape
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,10 @@ def _stem(relpath: str) -> str:
     return str(PurePosixPath(relpath).with_suffix(""))
 
 
-def _files(folder: Path) -> list[str]:
+def _files(folder: Path, kind: str = "image") -> list[str]:
     if not folder.is_dir():
         raise NotADirectoryError(
-            f"target {folder} is not a folder of images; pass the folder the pairs are in"
+            f"target {folder} is not a folder of {kind}s; pass the folder the pairs are in"
         )
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
@@ -61,15 +64,22 @@ def _by_stem(relpaths: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def pair_folders(sources: list[str], target: Path) -> PairPlan:
-    """Match ``sources`` (image paths relative to the source folder) with the images under ``target``."""
+def pair_folders(
+    sources: list[str], target: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS, kind: str = "image"
+) -> PairPlan:
+    """Match ``sources`` (paths relative to the source folder) with the files under ``target`` whose
+    extension is in ``extensions`` (``kind`` names them in messages: image, video)."""
     plan = PairPlan()
     images: list[str] = []
-    for rel in _files(target):
-        if PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS:
+    for rel in _files(target, kind):
+        if PurePosixPath(rel).suffix.lower() in extensions:
             images.append(rel)
         else:
-            plan.reject("pairs-target", rel, "not an image extension: no source image can pair with it")
+            plan.reject(
+                "pairs-target",
+                rel,
+                f"not a{'n' if kind[0] in 'aeiou' else ''} {kind} extension: no source {kind} can pair with it",
+            )
     source_groups, target_groups = _by_stem(sources), _by_stem(images)
     for stem, group in source_groups.items():
         if len(group) > 1:
@@ -82,7 +92,7 @@ def pair_folders(sources: list[str], target: Path) -> PairPlan:
             continue
         partners = target_groups.get(stem, [])
         if not partners:
-            plan.reject("pairs", group[0], f"no target image {stem}.* under {target}")
+            plan.reject("pairs", group[0], f"no target {kind} {stem}.* under {target}")
         elif len(partners) > 1:
             plan.reject(
                 "pairs", group[0], f"{len(partners)} target files claim it: {', '.join(partners)}; keep one"
@@ -92,7 +102,7 @@ def pair_folders(sources: list[str], target: Path) -> PairPlan:
     for stem, group in target_groups.items():
         if stem not in source_groups:
             for rel in group:
-                plan.reject("pairs-target", rel, f"no source image {stem}.* for it")
+                plan.reject("pairs-target", rel, f"no source {kind} {stem}.* for it")
         elif len(group) > 1:
             for rel in group:
                 plan.reject(
@@ -165,3 +175,14 @@ def pair_csv(sources: list[str], source: Path, target: Path, pairs: Path) -> Pai
             if rel not in targets:
                 plan.reject("pairs-target", rel, f"not listed in {pairs}")
     return plan
+
+
+def pairing_record(target: Path, csv_file: Path | None, pairs: int) -> dict[str, object]:
+    """What the manifest records about a paired build (images or videos)."""
+    return {
+        "images": TARGET_IMAGES_DIR,
+        "match": "csv" if csv_file is not None else "relative path without extension",
+        "target": str(target.resolve()),
+        "csv": None if csv_file is None else str(csv_file.resolve()),
+        "pairs": pairs,
+    }

@@ -11,12 +11,20 @@ carried in its metadata ``arrays``; an episode whose frames and rows do not pair
 and listed in rejected.txt. An unreadable video, one
 without a video stream or without any decodable frame goes to rejected.txt; a video whose
 decoding fails part way keeps the frames before the failure and is listed there too.
+
+Paired videos (cross-domain alignment, docs/alignment.md): with ``target`` (``--target DIR``) each source
+video pairs the target video at the same relative path, extension aside (``distill.preprocess.pairs``).
+Both must decode to the same number of frames with the same aspect ratio; the kept frames of both are
+written under the same keys, the source side to ``images/`` and the target side to ``target_images/``,
+as ``distill-organize --target`` does for images. A video without a partner, or a pair whose frame counts
+or shapes differ, is a line of rejected.txt naming both files; nothing of it is written.
 Run as ``python -m distill.preprocess.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -30,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from distill.data.keys import make_keys, path_digest
-from distill.data.manifest import IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
+from distill.data.manifest import IMAGES_DIR, TARGET_IMAGES_DIR, Manifest, ShardInfo, SplitInfo, save_manifest
 from distill.data.shards import SplitWriter
 from distill.geometry import canonical_view
 from distill.preprocess.cli import config_from_args, setup_logging
@@ -43,6 +51,7 @@ from distill.preprocess.lerobot import (
     match_frames,
     read_info,
 )
+from distill.preprocess.pairs import ASPECT_TOLERANCE, Partner, pair_folders, pairing_record
 from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
@@ -62,8 +71,13 @@ class VideoConfig:
     val_fraction: float = 0.0
     overwrite: bool = False
     camera: str | None = None  # a LeRobot dataset folder's video key to read
+    target: Path | None = None  # paired videos: the target folder (matched by relative path)
 
     def __post_init__(self) -> None:
+        if self.target is not None and self.camera is not None:
+            raise ValueError(
+                "--target pairs plain video folders; a LeRobot dataset (--camera) has no target side"
+            )
         if (self.every_n is None) == (self.fps is None):
             raise ValueError("give exactly one of every_n (keep every Nth frame) or fps (frames per second)")
         if self.every_n is not None and self.every_n < 1:
@@ -204,6 +218,12 @@ def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
             rejections.append(
                 Rejection("videos", rel, f"extension {path.suffix or '(none)'!r} is not a video extension")
             )
+    partners: dict[str, Partner] = {}
+    if cfg.target is not None:
+        plan = pair_folders([rel for rel, _ in videos], cfg.target, VIDEO_EXTENSIONS, "video")
+        rejections += plan.rejections
+        partners = plan.partners
+        videos = [(rel, path) for rel, path in videos if rel in partners]
     video_ids = make_keys([rel for rel, _ in videos])
     prepare_dataset_dir(cfg.dataset, cfg.overwrite)
     by_split: dict[str, list[tuple[str, Path]]] = {}
@@ -213,14 +233,28 @@ def subsample_videos(cfg: VideoConfig) -> dict[str, int]:
     splits: dict[str, SplitInfo] = {}
     written: set[str] = set()
     for split, members in sorted(by_split.items()):
-        with SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer:
+        with (
+            SplitWriter(cfg.dataset / IMAGES_DIR, split, cfg.samples_per_shard) as writer,
+            contextlib.ExitStack() as stack,
+        ):
+            target_writer = None
+            if cfg.target is not None:
+                target_dir = cfg.dataset / TARGET_IMAGES_DIR
+                target_writer = stack.enter_context(SplitWriter(target_dir, split, cfg.samples_per_shard))
             for rel, path in members:
-                rejection = _write_video(writer, rel, path, video_ids[rel], split, cfg, written)
+                partner = partners.get(rel)
+                sides = Sides(
+                    writer, None if partner is None or target_writer is None else (target_writer, partner)
+                )
+                rejection = _write_video(sides, rel, path, video_ids[rel], split, cfg, written)
                 if rejection is not None:
                     rejections.append(rejection)
         if writer.shards:
             splits[split] = SplitInfo(tuple(ShardInfo(name, count) for name, count in writer.shards))
-    return _finish(cfg, root, splits, rejections)
+    pairing = (
+        {} if cfg.target is None else pairing_record(cfg.target, None, sum(i.count for i in splits.values()))
+    )
+    return _finish(cfg, root, splits, rejections, pairing)
 
 
 def _split_of(name: str, cfg: VideoConfig) -> str:
@@ -228,7 +262,11 @@ def _split_of(name: str, cfg: VideoConfig) -> str:
 
 
 def _finish(
-    cfg: VideoConfig, root: Path, splits: dict[str, SplitInfo], rejections: list[Rejection]
+    cfg: VideoConfig,
+    root: Path,
+    splits: dict[str, SplitInfo],
+    rejections: list[Rejection],
+    pairing: dict[str, object] | None = None,
 ) -> dict[str, int]:
     """Write rejected.txt and the manifest; returns samples per split."""
     if not splits:
@@ -250,21 +288,63 @@ def _finish(
             (),
             len(rejections),
             sampling,
+            pairing=pairing or {},
         ),
     )
     return {name: info.count for name, info in splits.items()}
 
 
+@dataclass(frozen=True)
+class Sides:
+    """Where a video's frames go: the source writer, and for a paired video the target writer and file."""
+
+    source: SplitWriter
+    target: tuple[SplitWriter, Partner] | None = None
+
+
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """(decoded frames, (width, height)) of a video: what a pair must agree on before anything is written."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(stream)), (stream.width, stream.height)
+
+
+def pair_mismatch(rel: str, path: Path, partner: Partner) -> str | None:
+    """Why a source video and its target cannot be paired frame for frame, or None."""
+    try:
+        (frames, (w, h)), (target_frames, (tw, th)) = count_frames(path), count_frames(partner.path)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        return f"pair {rel} / {partner.relpath}: unreadable ({type(exc).__name__}: {exc})"
+    if frames != target_frames:
+        return (
+            f"pair {rel} ({frames} frames) / {partner.relpath} ({target_frames} frames): paired videos need "
+            "the same frame count (frame t pairs frame t); trim one to the other"
+        )
+    if abs(w * th - tw * h) > ASPECT_TOLERANCE * w * th:
+        return (
+            f"pair {rel} ({w}x{h}) / {partner.relpath} ({tw}x{th}): paired videos need the same aspect ratio"
+        )
+    return None
+
+
 def _write_video(
-    writer: SplitWriter, rel: str, path: Path, video_id: str, split: str, cfg: VideoConfig, written: set[str]
+    sides: Sides, rel: str, path: Path, video_id: str, split: str, cfg: VideoConfig, written: set[str]
 ) -> Rejection | None:
-    """Append one video's kept frames; returns its rejection (unreadable, empty, cut short) or None."""
+    """Append one video's kept frames (and its target's, paired); returns its rejection or None."""
     try:
         fps = video_fps(path)
     except (av.FFmpegError, OSError, ValueError) as exc:
         return Rejection("videos", rel, f"unreadable video ({type(exc).__name__}: {exc})")
     if fps is None:
         return Rejection("videos", rel, "no video stream")
+    targets: Iterator[Frame] | None = None
+    if sides.target is not None:
+        mismatch = pair_mismatch(rel, path, sides.target[1])
+        if mismatch is not None:
+            return Rejection("pairs", rel, mismatch)
+        targets = iter_frames(sides.target[1].path, FrameSelector(1, None), fps)
     sidecar = read_sidecar(path)
     selector = FrameSelector(cfg.every_n, cfg.fps)
     kept = 0
@@ -288,7 +368,19 @@ def _write_video(
             }
             if sidecar is not None:
                 meta["arrays"] = sidecar.frame(frame.index)
-            _add_frame(writer, frame.image, meta, cfg)
+            if targets is not None and sides.target is not None:
+                writer, partner = sides.target
+                target = next((t for t in targets if t.index == frame.index), None)  # the same decoded frame
+                if target is None:
+                    raise ValueError(f"{partner.path} ended before frame {frame.index} of its source {path}")
+                side = {k: v for k, v in meta.items() if k != "arrays"} | {
+                    "source": partner.relpath,
+                    "pair_of": rel,
+                }
+                side |= {"width": target.image.width, "height": target.image.height}
+                meta["target"] = partner.relpath
+                _add_frame(writer, target.image, side, cfg)
+            _add_frame(sides.source, frame.image, meta, cfg)
             kept += 1
     except (av.FFmpegError, OSError) as exc:
         if kept == 0:
@@ -390,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset (and its features)"
+    )
+    parser.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        help="paired videos: folder of target videos matched by relative path (extension aside), same frame "
+        "counts; their frames go to target_images/ under the source frames' keys (docs/alignment.md)",
     )
     parser.add_argument(
         "--camera",
