@@ -15,7 +15,7 @@ from distill.data.latents import load_latent_manifest
 from distill.decode.grid import cell_size
 from distill.demo.__main__ import main
 from distill.demo.pipeline import WORLD_MODEL_HISTORY, DemoConfig, DemoResult, run_demo
-from distill.demo.report import loss_series, write_report
+from distill.demo.report import horizons_text, loss_series, write_report
 from distill.worldmodel import load_world_model
 
 pytestmark = pytest.mark.slow
@@ -95,13 +95,21 @@ def assert_world_model_step(result: DemoResult, text: str) -> None:
     )
     cosine = metrics["cosine"]
     ahead = [h + 1 for h in range(cfg.horizon) if cosine["world_model"][h] > cosine["copy_last"][h]]
-    assert f"copy-last-frame's at horizons {ahead or 'none'} of 1-{cfg.horizon}." in text
+    assert f"above copy-last-frame's {horizons_text(ahead)} of 1-{cfg.horizon}." in text
     with av.open(str(result.rollouts / f"rollout_{HELD_OUT}.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == cfg.horizon  # one grid per imagined step
     assert f"](rollouts/rollout_{HELD_OUT}.png)" in text
     strip = Image.open(result.rollouts / f"rollout_{HELD_OUT}.png")
     cell = cell_size(cfg.image_size, 96)
     assert strip.width >= cfg.horizon * cell and strip.height >= 4 * cell  # horizon columns, four rows
+
+
+def test_horizons_text_reads_as_a_sentence() -> None:
+    assert (horizons_text([]), horizons_text([2]), horizons_text([1, 4])) == (
+        "at no horizon",
+        "at horizons 2",
+        "at horizons 1, 4",
+    )
 
 
 def test_a_world_model_step_longer_than_the_episodes_is_refused_before_any_step(tmp_path: Path) -> None:

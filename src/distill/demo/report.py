@@ -52,6 +52,10 @@ def evaluation_lines(folder: Path, out: Path) -> list[str]:
     return [line.replace("](grid.png)", f"]({(folder / 'grid.png').relative_to(out)})") for line in lines]
 
 
+def horizons_text(horizons: list[int]) -> str:
+    return f"at horizons {', '.join(map(str, horizons))}" if horizons else "at no horizon"
+
+
 def world_model_lines(result: DemoResult) -> list[str]:
     """The rollout metrics per horizon step (world model beside copy-last-frame) and the decoded rollout."""
     metrics = json.loads((result.rollouts / "metrics.json").read_text(encoding="utf-8"))
@@ -73,7 +77,7 @@ def world_model_lines(result: DemoResult) -> list[str]:
             for h in range(metrics["horizon"])
         ],
         "",
-        f"The world model's z cosine is above copy-last-frame's at horizons {ahead or 'none'} of "
+        f"The world model's z cosine is above copy-last-frame's {horizons_text(ahead)} of "
         f"1-{metrics['horizon']}. A short run on the demo's few training episodes shows the machinery; "
         "`benchmarks/worldmodel.py` (400 episodes) measures what it learns.",
         "",
