@@ -54,7 +54,7 @@ def add_real_size_features(dataset: Path) -> None:
     records = {}
     for name, (grid, channels, cls_channels) in REAL_SIZES.items():
         spec = TeacherSpec(name, 224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), grid, channels, cls_channels)
-        records[name] = TeacherRecord(spec, "int8", grid, "synthetic", None, tuple(manifest.splits))
+        records[name] = TeacherRecord(spec, "int8", grid, "synthetic", None, "fp32", tuple(manifest.splits))
         for info in manifest.splits.values():
             for shard in info.shards:
                 keys = list_keys(dataset / "images" / shard.name)

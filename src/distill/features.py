@@ -7,9 +7,26 @@ the lowest layer and imports no distill package.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+
+# The precision a teacher computed features in ("auto" resolved on its device), as the manifest and
+# stats provenance record it; features computed in one are not mixed with, or normalised by stats of,
+# features computed in the other.
+FeaturePrecision = Literal["bf16", "fp32"]
+FEATURE_PRECISIONS: tuple[str, ...] = get_args(FeaturePrecision)
+# What a manifest or stats file without the field means: it was written before the precision was
+# recorded, and until bf16 autocast became the GPU default (distill.teachers.precision) teachers ran
+# in plain fp32. (Extractions on GPU between that change and the field ran bf16 unrecorded, so they
+# read as fp32 too; re-extract those with --overwrite.)
+UNRECORDED_PRECISION: FeaturePrecision = "fp32"
+
+
+def check_feature_precision(value: str, where: str) -> FeaturePrecision:
+    if value not in FEATURE_PRECISIONS:
+        raise ValueError(f"{where}: precision must be one of {', '.join(FEATURE_PRECISIONS)}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Stored as ``<dataset>/feature_stats/<teacher>.safetensors`` with tensors ``patch_mean``,
 ``patch_std`` (and ``cls_mean``, ``cls_std`` when the teacher has a CLS); the metadata holds the
 teacher, the sample count and a :class:`StatsProvenance`: which teacher weights produced the
-features, how they were stored (dtype, grid) and which dataset they came from. Whoever applies
-stats compares that record with what it is about to normalise and refuses a mismatch, naming
-every field that differs. Accumulation is streaming and mergeable (Chan et al.'s parallel
-variance), so ranks can each accumulate their shards and merge exactly.
+features, in which precision the teacher ran, how they were stored (dtype, grid) and which dataset
+they came from. Whoever applies stats compares that record with what it is about to normalise and
+refuses a mismatch, naming every field that differs. Accumulation is streaming and mergeable
+(Chan et al.'s parallel variance), so ranks can each accumulate their shards and merge exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from distill.distributed import DistContext, all_gather
-from distill.features import TeacherOutput, TeacherSpec
+from distill.features import (
+    UNRECORDED_PRECISION,
+    FeaturePrecision,
+    TeacherOutput,
+    TeacherSpec,
+    check_feature_precision,
+)
 from distill.tensorfile import UnreadableFileError
 from distill.tensorfile import load as load_tensors
 from distill.tensorfile import save as save_tensors
@@ -41,6 +47,7 @@ class StatsProvenance:
     source: str  # tiny | hub (| synthetic in benchmarks)
     weights: str | None  # hub id, local dir or checkpoint file; None for tiny teachers
     storage: str  # how the features were stored when measured: fp16, bf16, int8[...], or LIVE_STORAGE
+    precision: FeaturePrecision  # what the teacher ran in when it computed them (bf16 | fp32)
     grid: tuple[int, int]  # the patch grid measured (the stored grid, smaller when area-downsampled)
     dataset: str  # the dataset's name (manifest name)
     dataset_fingerprint: str  # its identity: name, source, canonical size and every shard with its count
@@ -51,11 +58,13 @@ class StatsProvenance:
 
     @classmethod
     def from_json(cls, text: str) -> StatsProvenance:
-        data = json.loads(text)
+        # stats written before the precision was recorded: fp32 (distill.features says why)
+        data = {"precision": UNRECORDED_PRECISION} | json.loads(text)
         names = {f.name for f in fields(cls)}
         if set(data) != names:
             raise ValueError(f"provenance fields {sorted(data)}, expected {sorted(names)}")
-        return cls(**{**data, "grid": (int(data["grid"][0]), int(data["grid"][1]))})
+        precision = check_feature_precision(str(data["precision"]), "provenance")
+        return cls(**{**data, "grid": (int(data["grid"][0]), int(data["grid"][1])), "precision": precision})
 
     def differences(self, expected: StatsProvenance, ignore: tuple[str, ...] = ()) -> list[str]:
         """``"storage: stats int8, here fp16"`` for every field (not in ``ignore``) that differs."""
@@ -71,7 +80,7 @@ class StatsProvenance:
         grid = "x".join(map(str, self.grid))
         split = f"/{self.split}" if self.split else ""
         return (
-            f"{self.teacher} ({self.source}{weights}) stored as {self.storage} at {grid} over "
+            f"{self.teacher} ({self.source}{weights}, {self.precision}) stored as {self.storage} at {grid} over "
             f"{self.dataset}{split} [dataset fingerprint {self.dataset_fingerprint}]"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,12 +16,15 @@ import torch
 from data_helpers import FIVE, JOBS, Built
 
 from distill.data.codec import decode_sample, read_metadata
-from distill.data.manifest import load_manifest
+from distill.data.dataset import load_checked_stats
+from distill.data.manifest import load_manifest, manifest_path
 from distill.data.shards import iter_shard, list_keys, write_shard
 from distill.distributed import DistContext
+from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.check import check_dataset
 from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
 from distill.preprocess.organize import OrganizeConfig, organize_images
+from distill.stats import FeatureStats, StatsProvenance
 from distill.teachers import Teacher
 
 
@@ -174,6 +178,58 @@ def test_differently_made_features_are_not_mixed(
             tiny_teachers,
             DistContext(),
         )
+
+
+def test_a_resume_in_another_teacher_precision_is_refused_and_stats_follow_the_record(
+    built: Built, dataset_copy: Path, tiny_teachers: dict[str, Teacher], tmp_path: Path
+) -> None:
+    ds = dataset_copy
+    before = load_manifest(ds).teachers
+    assert {r.precision for r in before.values()} == {"fp32"}  # "auto" on CPU, resolved
+    with pytest.raises(
+        ValueError,
+        match=rf"{manifest_path(ds)}: features of teacher 'clip' were extracted differently.*"
+        r"'precision': 'fp32'.*'precision': 'bf16'.*pass --precision fp32 to resume.*--overwrite",
+    ):
+        run_extraction(
+            ExtractConfig(ds, JOBS, precision="bf16", progress=False), tiny_teachers, DistContext()
+        )
+    assert load_manifest(ds).teachers == before
+
+    mae = tuple(job for job in JOBS if job.name == "mae")
+    run_extraction(
+        ExtractConfig(ds, mae, precision="bf16", overwrite=True, progress=False), tiny_teachers, DistContext()
+    )
+    record = load_manifest(ds).teachers["mae"]
+    assert record.precision == "bf16" and record.complete_splits == ("train", "val")
+    with pytest.raises(
+        ValueError, match=r"mae\.safetensors: .*precision: stats 'fp32', here 'bf16'.*distill-stats"
+    ):
+        load_checked_stats(built.stats_dir, "mae", record, load_manifest(ds), ds)
+    compute_stats(StatsConfig(ds, ("mae",), "train", tmp_path / "stats"))
+    stats = load_checked_stats(tmp_path / "stats", "mae", record, load_manifest(ds), ds)
+    assert stats.provenance is not None and stats.provenance.precision == "bf16"
+
+
+def test_records_without_a_precision_read_as_fp32_and_resume(
+    built: Built, dataset_copy: Path, tiny_teachers: dict[str, Teacher]
+) -> None:
+    """Manifests and stats written before the precision was recorded: their teachers ran in fp32."""
+    data = json.loads(manifest_path(dataset_copy).read_text())
+    for record in data["teachers"].values():
+        del record["precision"]
+    manifest_path(dataset_copy).write_text(json.dumps(data))
+    assert {r.precision for r in load_manifest(dataset_copy).teachers.values()} == {"fp32"}
+    report = run_extraction(
+        ExtractConfig(dataset_copy, JOBS, precision="fp32", progress=False), tiny_teachers, DistContext()
+    )
+    assert report.shards_written == 0 and report.shards_skipped == len(_all_shards(dataset_copy))
+    provenance = FeatureStats.load(built.stats_dir / "clip.safetensors").provenance
+    assert provenance is not None and provenance.precision == "fp32"
+    old = {k: v for k, v in json.loads(provenance.to_json()).items() if k != "precision"}
+    assert StatsProvenance.from_json(json.dumps(old)) == provenance
+    with pytest.raises(ValueError, match="precision must be one of bf16, fp32, got 'fp8'"):
+        StatsProvenance.from_json(json.dumps({**old, "precision": "fp8"}))
 
 
 @pytest.mark.parametrize("field", ["batch_size", "decode_threads"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_truncated_and_duplicate_tars_name_shard_and_key(tmp_path: Path) -> None
 
 def test_manifest_round_trip_and_locked_update(tmp_path: Path) -> None:
     spec = TeacherSpec("sam", 64, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), (8, 8), 32, None)
-    record = TeacherRecord(spec, "int8", (4, 4), "tiny", None, ("train",))
+    record = TeacherRecord(spec, "int8", (4, 4), "tiny", None, "bf16", ("train",))
     manifest = Manifest(
         "ds", "images", "/src", 64, 95, {"train": SplitInfo((ShardInfo("train-000000.tar", 5),))}
     )
@@ -112,6 +113,11 @@ def test_manifest_round_trip_and_locked_update(tmp_path: Path) -> None:
         loaded.teacher("sam", "val")
     with pytest.raises(KeyError, match="feature_extraction"):
         loaded.teacher("clip", "train")
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["teachers"]["sam"]["precision"] = "fp8"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"manifest\.json is unreadable.*'sam'.*bf16, fp32, got 'fp8'"):
+        load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"manifest\.json is unreadable"):
         load_manifest(tmp_path)

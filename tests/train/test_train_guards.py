@@ -264,14 +264,15 @@ def test_a_damaged_checkpoint_or_stats_file_is_an_error_naming_it(
 
 def test_shipped_stats_are_matched_by_provenance_never_by_name(tmp_path: Path) -> None:
     """feature_stats/ at the top of the repository (see its README): a file is used for an online
-    teacher when teacher, source, weights, live storage and grid match, whatever its name or dataset."""
+    teacher when teacher, source, weights, live storage, precision and grid match, whatever its name or
+    dataset."""
     from distill.stats import StatsProvenance
     from distill.teachers import load_teacher
     from distill.train.online import find_shipped
 
     teacher = load_teacher("dinov2", "tiny", device="cpu")
     spec = teacher.spec
-    want = StatsProvenance("dinov2", "tiny", None, LIVE_STORAGE, spec.grid, "mine", "f" * 16, "train")
+    want = StatsProvenance("dinov2", "tiny", None, LIVE_STORAGE, "fp32", spec.grid, "mine", "f" * 16, "train")
 
     def stats(count: int, **changes: Any) -> FeatureStats:
         provenance = StatsProvenance(
@@ -285,7 +286,10 @@ def test_shipped_stats_are_matched_by_provenance_never_by_name(tmp_path: Path) -
 
     stats(10, source="hub", weights="facebook/dinov2-large").save(tmp_path / "dinov2.safetensors")
     stats(20, storage="int8").save(tmp_path / "dinov2-int8.safetensors")
-    assert find_shipped("dinov2", teacher, want, tmp_path) is None  # right name, wrong weights / stored
+    stats(30, precision="bf16").save(tmp_path / "dinov2-bf16.safetensors")
+    assert (
+        find_shipped("dinov2", teacher, want, tmp_path) is None
+    )  # right name, wrong weights / stored / bf16
     stats(5).save(tmp_path / "anything.safetensors")
     stats(7).save(tmp_path / "more.safetensors")
     found = find_shipped("dinov2", teacher, want, tmp_path)

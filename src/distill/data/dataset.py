@@ -2,8 +2,8 @@
 
 Opening checks, before any sample is read: the manifest, that each teacher's features are
 complete for the split, and that each teacher's stats file matches the stored features (teacher
-name, channel counts, and its provenance: teacher weights, storage dtype, stored grid and the
-dataset it was measured on). Decoding a joined sample checks the blob's own key and shapes.
+name, channel counts, and its provenance: teacher weights, precision, storage dtype, stored grid and
+the dataset it was measured on). Decoding a joined sample checks the blob's own key and shapes.
 """
 
 from __future__ import annotations
@@ -186,6 +186,7 @@ def stored_provenance(manifest: Manifest, teacher: str, record: TeacherRecord, s
         source=record.source,
         weights=record.weights,
         storage=record.storage_label,
+        precision=record.precision,
         grid=record.stored_grid,
         dataset=manifest.name,
         dataset_fingerprint=manifest.fingerprint(),

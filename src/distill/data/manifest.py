@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.codec import StorageDtype, check_storage
-from distill.features import TeacherSpec
+from distill.features import UNRECORDED_PRECISION, FeaturePrecision, TeacherSpec, check_feature_precision
 from distill.io import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
@@ -54,6 +54,7 @@ class TeacherRecord:
     stored_grid: tuple[int, int]  # grid in the shards (smaller than spec.grid when area-downsampled)
     source: str  # "tiny" or "hub"
     weights: str | None
+    precision: FeaturePrecision  # what the teacher ran in (distill.teachers.precision, "auto" resolved)
     complete_splits: tuple[str, ...] = ()
     outlier_tokens: int = 0  # int8 only: highest-norm tokens per sample kept in float16 (codec)
 
@@ -86,6 +87,7 @@ class TeacherRecord:
             "stored_grid": list(self.stored_grid),
             "source": self.source,
             "weights": self.weights,
+            "precision": self.precision,
             "complete_splits": list(self.complete_splits),
         } | ({"outlier_tokens": self.outlier_tokens} if self.outlier_tokens else {})
 
@@ -97,6 +99,10 @@ class TeacherRecord:
             stored_grid=(int(data["stored_grid"][0]), int(data["stored_grid"][1])),
             source=str(data["source"]),
             weights=None if data["weights"] is None else str(data["weights"]),
+            # manifests written before the precision was recorded: fp32 (distill.features says why)
+            precision=check_feature_precision(
+                str(data.get("precision", UNRECORDED_PRECISION)), f"teacher {data['spec']['name']!r}"
+            ),
             complete_splits=tuple(str(s) for s in data["complete_splits"]),
             outlier_tokens=int(data.get("outlier_tokens", 0)),
         )

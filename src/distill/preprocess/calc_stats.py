@@ -4,8 +4,8 @@ Statistics are taken over the features exactly as the loader serves them (after 
 storage and any grid downsampling), patch tokens and CLS separately, in float64 with a
 streaming, mergeable accumulator. Under torchrun each rank reads shards r, r+W, ...; the
 per-rank moments are gathered and merged in rank order, and rank 0 writes the files. Each file
-records its provenance (teacher weights, storage dtype, stored grid, dataset, split, count), which
-every reader checks against the features it normalises.
+records its provenance (teacher weights, precision, storage dtype, stored grid, dataset, split,
+count), which every reader checks against the features it normalises.
 Run as ``python -m distill.preprocess.calc_stats --help`` or scripts/preprocessing/calc_feature_stats.py.
 """
 

@@ -5,10 +5,11 @@ rank r takes shards r, r+W, r+2W, ... of the requested splits' shards listed in 
 Shards are written atomically, so a feature shard under its final name is complete; a rerun
 removes stale temporary files of a killed run, skips shards whose keys already equal the image
 shard's, and redoes the rest. Rank 0 alone writes the manifest (under its lock), after every
-rank reported success: the teacher's spec, storage dtype and stored grid, and the splits that
-are complete. A video teacher (``vjepa2``) gets each frame's target from its video's frames in
-order (:mod:`distill.preprocess.video_targets`), so it needs a frames dataset. Run as
-``torchrun --nproc_per_node N -m distill.preprocess.extract ...`` or without torchrun;
+rank reported success: the teacher's spec, the precision it ran in, storage dtype and stored
+grid, and the splits that are complete; a rerun that would produce them differently (another
+precision, say) is refused. A video teacher (``vjepa2``) gets each frame's target from its
+video's frames in order (:mod:`distill.preprocess.video_targets`), so it needs a frames dataset.
+Run as ``torchrun --nproc_per_node N -m distill.preprocess.extract ...`` or without torchrun;
 scripts/preprocessing/feature_extraction.py is the same command.
 """
 
@@ -35,6 +36,7 @@ from distill.data.manifest import (
     ShardInfo,
     TeacherRecord,
     load_manifest,
+    manifest_path,
     update_manifest,
 )
 from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, write_shard
@@ -43,7 +45,13 @@ from distill.preprocess.background import background
 from distill.preprocess.cli import setup_logging
 from distill.preprocess.video_targets import VideoTargets, check_video_dataset, video_teachers
 from distill.teachers.base import Teacher
-from distill.teachers.precision import TEACHER_PRECISIONS, TeacherPrecision, check_precision, run_teacher
+from distill.teachers.precision import (
+    TEACHER_PRECISIONS,
+    TeacherPrecision,
+    check_precision,
+    resolved_precision,
+    run_teacher,
+)
 from distill.teachers.registry import Source, get_entry, load_teacher
 
 log = logging.getLogger(__name__)
@@ -93,7 +101,7 @@ class ExtractReport:
     written: list[str] = field(default_factory=list)
 
 
-def make_record(job: TeacherJob, teacher: Teacher) -> TeacherRecord:
+def make_record(job: TeacherJob, teacher: Teacher, precision: TeacherPrecision) -> TeacherRecord:
     spec = teacher.spec
     if spec.name != job.name:
         raise ValueError(f"teacher built for {job.name!r} reports spec name {spec.name!r}")
@@ -107,7 +115,15 @@ def make_record(job: TeacherJob, teacher: Teacher) -> TeacherRecord:
         raise ValueError(
             f"teacher {job.name!r}: {job.outlier_tokens} outlier tokens of a {grid[0]}x{grid[1]} grid; use 0 <= K < {grid[0] * grid[1]}"
         )
-    return TeacherRecord(spec, job.storage, grid, job.source, weights, outlier_tokens=job.outlier_tokens)
+    return TeacherRecord(
+        spec,
+        job.storage,
+        grid,
+        job.source,
+        weights,
+        resolved_precision(precision, teacher.device),
+        outlier_tokens=job.outlier_tokens,
+    )
 
 
 def extract_features(cfg: ExtractConfig) -> ExtractReport:
@@ -132,7 +148,7 @@ def run_extraction(
     splits = cfg.splits or tuple(manifest.splits)
     for split in splits:
         manifest.split(split, cfg.dataset)
-    records = {job.name: make_record(job, teachers[job.name]) for job in cfg.teachers}
+    records = {job.name: make_record(job, teachers[job.name], cfg.precision) for job in cfg.teachers}
     images = cfg.dataset / manifest.teacher_images  # a paired dataset's teachers see the target images
     _register(cfg, manifest, records, splits, info)
     items = [(split, shard) for split in splits for shard in manifest.split(split).shards]
@@ -191,9 +207,13 @@ def _register(
     }
     if conflicts and not cfg.overwrite:
         name = sorted(conflicts)[0]
+        old, new = manifest.teachers[name], records[name]
+        resume = ""
+        if replace(new, precision=old.precision).same_features(old):
+            resume = f"pass --precision {old.precision} to resume in the recorded precision, "
         raise ValueError(
-            f"{cfg.dataset}: features of teacher {name!r} were extracted differently "
-            f"(manifest: {manifest.teachers[name].to_dict()}, now: {records[name].to_dict()}); "
+            f"{manifest_path(cfg.dataset)}: features of teacher {name!r} were extracted differently "
+            f"(manifest: {old.to_dict()}, now: {new.to_dict()}); {resume}"
             "pass --overwrite to replace them, or extract into another dataset"
         )
     if info.is_main:

@@ -7,7 +7,9 @@ What autocast keeps in fp32 (norms, softmax, reductions) may use TF32 matmuls un
 ``fp32`` switch turns TF32 off too, for users who want features as the published fp32 model
 computes them. Features leave here as float32 whatever the precision, so everything downstream
 (quantisation, statistics, losses) sees one dtype. The switch is applied at the call sites
-(extraction, online targets) around ``teacher(images)``; no teacher family knows of it.
+(extraction, online targets) around ``teacher(images)``; no teacher family knows of it. What it
+resolved to (``bf16`` or ``fp32``, never ``auto``) is recorded with the features: in the manifest
+for stored features, in the stats provenance for both stored and live ones.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Literal, get_args
 
 import torch
 
-from distill.features import TeacherOutput
+from distill.features import FeaturePrecision, TeacherOutput
 from distill.teachers.base import Teacher
 
 TeacherPrecision = Literal["auto", "bf16", "fp32"]
@@ -34,6 +36,11 @@ def check_precision(value: str) -> TeacherPrecision:
 def uses_bf16(precision: TeacherPrecision, device: torch.device) -> bool:
     """``auto`` is bf16 on CUDA only: CPU bf16 is slower than fp32 on most CPUs."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def resolved_precision(precision: TeacherPrecision, device: torch.device) -> FeaturePrecision:
+    """What ``precision`` runs as on ``device``: the value manifests and stats provenance record."""
+    return "bf16" if uses_bf16(precision, device) else "fp32"
 
 
 @contextmanager

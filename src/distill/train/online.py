@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 RUN_STATS_DIR = "feature_stats"
 # stats shipped with the project for published teacher weights (a source checkout; see its README)
 SHIPPED_STATS_DIR = Path(distill.__file__).resolve().parents[2] / "feature_stats"
-IDENTITY_ONLY = ("storage", "grid", "dataset", "dataset_fingerprint", "split")
+# provenance fields that say how the features were made or measured, not which teacher model made them
+IDENTITY_ONLY = ("storage", "precision", "grid", "dataset", "dataset_fingerprint", "split")
 DATASET_FIELDS = ("dataset", "dataset_fingerprint", "split")
 
 
@@ -98,7 +99,8 @@ def _run_stats(name: str, teacher: Teacher, run_dir: Path, want: StatsProvenance
             want,
             source=str(path),
             ignore=DATASET_FIELDS,
-            fix="this run was started with another teacher; resume it with its own config, or start a new run",
+            fix="this run was started with another teacher or training.teacher_precision; resume it with its "
+            "own config, or start a new run",
         )
     log.info("online teacher %s: stats from %s (this run's)", name, path)
     return stats

@@ -14,14 +14,16 @@ from pathlib import Path
 from distill.data.dataset import load_checked_stats, stored_provenance
 from distill.data.manifest import Manifest, TeacherRecord, default_stats_dir, load_manifest
 from distill.distributed import DistContext
-from distill.features import TeacherSpec
+from distill.features import FeaturePrecision, TeacherSpec
 from distill.losses import LossConfig
 from distill.models import Student, StudentConfig, load_state_strict, read_config, read_stats
 from distill.models.checkpoint import STATS_DIR, WEIGHTS_NAME, nonfinite_tensors
 from distill.stats import LIVE_STORAGE, FeatureStats, StatsProvenance
 from distill.teachers import Teacher, get_entry, load_teacher
+from distill.teachers.precision import resolved_precision
 from distill.train.config import RunConfig, TeacherConfig
 from distill.train.data import LoaderPlan, dataset_dir, stats_dir_of
+from distill.train.online import IDENTITY_ONLY
 from distill.train.typed import ConfigError
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ def teacher_weights_id(teacher: TeacherConfig) -> str | None:
 
 
 def live_provenance(
-    teacher: TeacherConfig, spec: TeacherSpec, manifest: Manifest, split: str
+    teacher: TeacherConfig, spec: TeacherSpec, manifest: Manifest, split: str, precision: FeaturePrecision
 ) -> StatsProvenance:
     """The provenance stats of an online teacher's live features on this dataset carry."""
     return StatsProvenance(
@@ -180,14 +182,12 @@ def live_provenance(
         source=teacher.source,
         weights=teacher_weights_id(teacher),
         storage=LIVE_STORAGE,
+        precision=precision,
         grid=spec.grid,
         dataset=manifest.name,
         dataset_fingerprint=manifest.fingerprint(),
         split=split,
     )
-
-
-IDENTITY_ONLY = ("storage", "grid", "dataset", "dataset_fingerprint", "split")
 
 
 def init_student_stats(
@@ -199,7 +199,7 @@ def init_student_stats(
     dataset's targets with its own stats would silently move every target (the raw-space output
     of the finetuned student at step 0 would differ from the init student's). So the finetune
     normalises with the init stats. They must come from the same teacher weights; the storage,
-    grid and dataset may differ (that is what finetuning on another dataset means).
+    precision, grid and dataset may differ (that is what finetuning on another dataset means).
     """
     stats = read_stats(folder, student)
     for name, teacher_stats in stats.items():
@@ -261,8 +261,9 @@ def prepare_inputs(cfg: RunConfig, ctx: DistContext) -> Inputs:
     student = student_config(cfg, teachers.specs, manifest.canonical_size)
     split = cfg.dataset.train_split
     by_name = {t.name: t for t in cfg.teachers.values()}
+    precision = resolved_precision(cfg.training.teacher_precision, ctx.device)
     online_provenance = {
-        name: live_provenance(by_name[name], teachers.specs[name], manifest, split)
+        name: live_provenance(by_name[name], teachers.specs[name], manifest, split, precision)
         for name in teachers.online
     }
     fixed: dict[str, FeatureStats] = {}
