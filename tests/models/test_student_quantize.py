@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from student_fixtures import assert_same_output, images, make_config, make_stats, make_student
@@ -177,3 +178,20 @@ def test_usage_metrics() -> None:
     assert math.isclose(metrics["codes/perplexity"], 4.0) and metrics["codes/dead"] == 0.0
     single = usage_metrics(code_histogram(torch.zeros(5, 2, dtype=torch.int64), 4))
     assert math.isclose(single["codes/perplexity"], 1.0) and single["codes/dead"] == 0.75
+
+
+def test_code_histogram_equals_a_numpy_histogram_per_group() -> None:
+    vocabulary, generator = 13, torch.Generator().manual_seed(0)
+    codes = torch.stack(  # [B, 3]: every code, only codes 0-2, only the last code
+        [
+            torch.randint(0, vocabulary, (200,), generator=generator),
+            torch.randint(0, 3, (200,), generator=generator),
+            torch.full((200,), vocabulary - 1),
+        ],
+        dim=1,
+    ).int()
+    histogram = code_histogram(codes, vocabulary)
+    bins = np.arange(vocabulary + 1)
+    expected = np.stack([np.histogram(codes[:, g].numpy(), bins=bins)[0] for g in range(3)])
+    assert histogram.dtype == torch.float64 and histogram.shape == (3, vocabulary)
+    np.testing.assert_array_equal(histogram.numpy(), expected)

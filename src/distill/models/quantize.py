@@ -193,9 +193,12 @@ def code_layout(config: StudentConfig) -> tuple[int, int] | None:
 
 
 def code_histogram(codes: torch.Tensor, vocabulary: int) -> torch.Tensor:
-    """int codes [B, codes] -> float64 counts [codes, vocabulary] (summed over batches and ranks)."""
-    onehot = F.one_hot(codes.long(), vocabulary).to(torch.float64)
-    return onehot.sum(0)
+    """int codes [B, codes] in [0, vocabulary) -> float64 counts [codes, vocabulary] (summed over
+    batches and ranks). One bincount over group-offset codes: no [B, codes, vocabulary] one-hot."""
+    groups = codes.shape[1]
+    offset = codes.long() + torch.arange(groups, device=codes.device) * vocabulary
+    counts = torch.bincount(offset.reshape(-1), minlength=groups * vocabulary)
+    return counts.reshape(groups, vocabulary).to(torch.float64)
 
 
 def usage_metrics(histogram: torch.Tensor) -> dict[str, float]:
