@@ -27,7 +27,8 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     extraction = result["extraction"]
     assert extraction["samples"] == plan["images"] and extraction["precision"] == "bf16"
     bare, pipe = extraction["timing"]["reference_seconds"], extraction["timing"]["candidate_seconds"]
-    assert extraction["ratio"] == pytest.approx(bare["median"] / pipe["median"], rel=2e-3)
+    # the ratio is rounded to 3 digits: 5e-4 is more than 2e-3 of a ratio below 0.25 (a busy machine)
+    assert extraction["ratio"] == pytest.approx(bare["median"] / pipe["median"], rel=2e-3, abs=5e-4)
     for name in FIVE:
         cosine = extraction["bf16_vs_fp32_token_cosine"][name]
         assert 0.999 < cosine["mean"] <= 1.0 and cosine["min"] <= cosine["mean"]
@@ -45,6 +46,9 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     loader = result["loader"]
     assert loader["workers"] == plan["loader_workers"] and loader["global_batch"] == plan["train_batch"]
     assert loader["loader_over_memory"]["median"] > 0 and loader["samples_per_s_per_worker_core"] > 0
-    fastest = min(r["step_s"]["median"] for r in rows)
-    want = plan["train_batch"] / fastest / loader["samples_per_s_per_worker_core"]
+    # the cores figure uses the step this section feeds (uncompiled, the trainer's default), not the
+    # training section's compiled one
+    assert loader["step"].startswith(f"{plan['sizes'][0]}, uncompiled")
+    assert 1 / loader["step_s"] == pytest.approx(loader["steps_per_s_memory"], rel=1e-3, abs=0.006)
+    want = plan["train_batch"] / loader["step_s"] / loader["samples_per_s_per_worker_core"]
     assert loader["cores_to_feed_the_step"] == pytest.approx(want, rel=0.05, abs=0.05)
