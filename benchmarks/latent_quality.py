@@ -149,7 +149,8 @@ def main() -> int:
     result = {
         "setup": pusht_setup(
             args,
-            f"preset=sim (model=tiny, z_keypoints=4, decoder_dim=96, training=sim) training.steps={args.steps}, "
+            f"preset=sim (model=tiny, z_keypoints=4, keypoint_sprites, decoder_dim=96, training=sim) "
+            f"training.steps={args.steps}, "
             "one CPU thread per run",
         )
         | {"state_names": list(STATE_NAMES)},

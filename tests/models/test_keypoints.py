@@ -7,7 +7,14 @@ import pytest
 import torch
 from student_fixtures import images, make_student
 
-from distill.models.keypoints import KeypointPooling, cell_centres, heatmaps, points_from_z, points_to_z
+from distill.models.keypoints import (
+    KeypointPooling,
+    KeypointSprites,
+    cell_centres,
+    heatmaps,
+    points_from_z,
+    points_to_z,
+)
 
 
 def test_cell_centres_are_x_then_y_in_raster_order() -> None:
@@ -77,3 +84,92 @@ def test_keypoints_must_leave_room_for_the_summary() -> None:
 def test_keypoints_and_a_quantiser_are_refused_together(quantizer: str) -> None:
     with pytest.raises(ValueError, match=f"z_keypoints=2 with quantizer={quantizer}"):
         make_student(z_keypoints=2, quantizer=quantizer)
+
+
+def _sprites(count: int, seed: int = 0) -> KeypointSprites:
+    sprites = KeypointSprites(count)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sprites.colour.copy_(torch.rand(count, 3, generator=gen, dtype=torch.float64).float())
+        sprites.opacity_logit.copy_(torch.randn(count, generator=gen))
+        sprites.log_radius.copy_(torch.log(torch.tensor([0.05, 0.09][:count])))
+    return sprites.double()
+
+
+def test_a_sprite_is_a_gaussian_disc_of_its_colour_at_its_point_against_numpy() -> None:
+    sprites = _sprites(1)
+    pixels = torch.rand(1, 3, 12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    point = (0.3, 0.6)
+    got = sprites(pixels, torch.tensor([[point]], dtype=torch.float64))[0].detach().numpy()
+    ys, xs = np.mgrid[0:12, 0:16]
+    radius = float(sprites.log_radius.detach().exp()[0])
+    footprint = np.exp(
+        -0.5 * ((((xs + 0.5) / 16 - point[0]) / radius) ** 2 + (((ys + 0.5) / 12 - point[1]) / radius) ** 2)
+    )
+    alpha = float(torch.sigmoid(sprites.opacity_logit[0])) * footprint
+    colour = sprites.colour[0].detach().numpy()[:, None, None]
+    np.testing.assert_allclose(got, pixels[0].numpy() * (1 - alpha) + colour * alpha, rtol=1e-10)
+
+
+def test_the_search_map_is_the_error_change_of_drawing_an_opaque_sprite_there() -> None:
+    """Checked by drawing the sprite (opacity 1) at pixel centres and measuring the squared error."""
+    sprites = _sprites(2)
+    gen = torch.Generator().manual_seed(2)
+    pixels, target = (torch.rand(2, 3, 10, 10, dtype=torch.float64, generator=gen) for _ in range(2))
+    with torch.no_grad():
+        sprites.opacity_logit.fill_(50.0)  # sigmoid -> 1: the search's opaque sprite
+        for k in range(2):
+            change = sprites._error_change_map(pixels, target, k, frozen=True)
+            for row, col in [(0, 0), (4, 7), (9, 2)]:
+                point = torch.tensor([[(col + 0.5) / 10, (row + 0.5) / 10]], dtype=torch.float64).expand(2, 2)
+                drawn = sprites._draw(pixels, point, k)
+                brute = (drawn - target).square().sum((1, 2, 3)) - (pixels - target).square().sum((1, 2, 3))
+                torch.testing.assert_close(
+                    change[:, 0, row, col], brute, rtol=2e-3, atol=1e-9
+                )  # cut at 4 sigma
+
+
+def test_the_search_pulls_the_softmax_towards_where_a_sprite_helps() -> None:
+    """A dark dot on a white image: the candidate on the dot lowers the error, so its weight goes up."""
+    sprites = _sprites(1)
+    with torch.no_grad():
+        sprites.colour.fill_(0.0)
+        sprites.log_radius.fill_(float(np.log(0.04)))
+    target = torch.ones(1, 3, 16, 16, dtype=torch.float64)
+    target[..., 11:13, 3:5] = 0.0  # the dot, centred at (4/16, 12/16)
+    pixels = torch.ones_like(target)  # the decoder drew the background only
+    candidates = torch.tensor(
+        [[[[0.25, 0.75]], [[0.75, 0.25]], [[0.5, 0.5]]]], dtype=torch.float64
+    )  # [1, 3, 1, 2]
+    logits = torch.zeros(1, 3, 1, dtype=torch.float64, requires_grad=True)
+    search = sprites.search(pixels, target, logits.softmax(1), candidates)
+    assert float(search) < 0
+    search.backward()
+    assert logits.grad is not None
+    assert int(logits.grad[0, :, 0].argmin()) == 0  # gradient descent raises the dot's candidate most
+
+
+def test_sprites_keep_every_output_a_function_of_z_and_the_search_only_trains() -> None:
+    student = make_student(z_keypoints=2, keypoint_sprites=True)
+    batch = images(3)
+    with torch.no_grad():
+        z = student.encode(batch)
+        from_z = student.predict(z).pixels
+        out = student(batch)
+    assert out.sprite_search is None  # eval mode: no search
+    assert from_z is not None and out.pixels is not None
+    torch.testing.assert_close(from_z, out.pixels)
+    moved = z.clone()
+    moved[:, -4:] = points_to_z(torch.full((3, 2, 2), 0.5))
+    with torch.no_grad():
+        other = student.predict(moved).pixels
+    assert other is not None
+    assert (other - from_z).abs().amax() > 1e-3
+    student.train()
+    search = student(batch).sprite_search
+    assert search is not None and search.ndim == 0 and torch.isfinite(search)
+
+
+def test_sprites_need_keypoints_and_a_pixel_head() -> None:
+    with pytest.raises(ValueError, match="keypoint_sprites draws the keypoints"):
+        make_student(keypoint_sprites=True)

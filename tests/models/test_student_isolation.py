@@ -78,11 +78,14 @@ def test_negative_control_patch_tokens_leak_without_the_bottleneck(head: str) ->
     torch.testing.assert_close(hybrid["dinov2/cls"][0], clean["dinov2/cls"][1])
 
 
-@pytest.mark.parametrize("keypoints", [0, 3])
+@pytest.mark.parametrize(("keypoints", "sprites"), [(0, False), (3, False), (3, True)])
 @pytest.mark.parametrize("size", RESOLUTIONS)
-def test_predict_on_swapped_z_equals_forward_on_swapped_images(size: tuple[int, int], keypoints: int) -> None:
-    """With keypoints z also reads the patch tokens, and every output is still a function of z alone."""
-    student = make_student(z_keypoints=keypoints)
+def test_predict_on_swapped_z_equals_forward_on_swapped_images(
+    size: tuple[int, int], keypoints: int, sprites: bool
+) -> None:
+    """With keypoints z also reads the patch tokens (and sprites draw them on the pixels), and every
+    output is still a function of z alone."""
+    student = make_student(z_keypoints=keypoints, keypoint_sprites=sprites)
     batch = images(3, size)
     with torch.no_grad():
         z = student.encode(batch)

@@ -91,7 +91,9 @@ def world_model_lines(result: DemoResult) -> list[str]:
 def write_report(result: DemoResult) -> Path:
     out = result.config.output
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    series = loss_series(records)
+    # The log axis takes the terms that stay positive; the sprite search is a change of pixel error
+    # (negative when the sprites help), so it stays in metrics.jsonl but off this plot.
+    series = {name: points for name, points in loss_series(records).items() if all(y > 0 for _, y in points)}
     curve = line_plot(series, out / "loss_curve.png", title="demo training loss", log_y=True)
     train = [r for r in records if r["kind"] == "train"]
     first, last = float(train[0]["loss"]), float(train[-1]["loss"])

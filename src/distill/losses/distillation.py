@@ -39,6 +39,9 @@ class LossConfig:
     # The pixel MSE is divided by this: the MSE of the mean training image (the trainer measures it),
     # so the pixel term starts near 1 like a teacher term instead of ~0.005 on mostly static frames.
     pixel_scale: float = 1.0
+    # Keypoint sprites' search term: the pixels with each sprite drawn at its softmax mixture of candidate
+    # positions (over the decoded pixels, detached), so a point is pulled towards whatever it could draw.
+    sprite_search: float = 1.0
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     commit: float = 0.25  # VQ commitment loss weight (beta of van den Oord et al.), pulls z to its codes
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
@@ -49,6 +52,7 @@ class LossConfig:
             "patch_l1": self.patch_l1,
             "cls_cos": self.cls_cos,
             "pixel_mse": self.pixel_mse,
+            "sprite_search": self.sprite_search,
             "commit": self.commit,
         }
         named |= {f"teacher_weights[{name!r}]": weight for name, weight in self.teacher_weights.items()}
@@ -70,7 +74,8 @@ class LossBreakdown:
 
     Term names: ``<teacher>/patch_cos``, ``<teacher>/patch_l1``, ``<teacher>/cls_cos`` (raw, unweighted),
     ``<teacher>/total`` (weighted contribution), ``pixels/mse``, ``pixels/total``, ``quantizer/commit``,
-    ``quantizer/total``.
+    ``quantizer/total``, ``sprites/search_mse_change`` and ``sprites/total`` (a change of pixel error:
+    negative when the keypoint sprites would help where the keypoints look).
     """
 
     total: torch.Tensor
@@ -134,6 +139,15 @@ def distillation_loss(
         terms["pixels/mse"], terms["pixels/total"] = mse.detach(), _report(total, output.pixels)
         if total is not None:
             totals.append(total)
+        if output.sprite_search is not None:
+            search = output.sprite_search.float()
+            total = _weighted_sum({"mse": search}, {"mse": cfg.sprite_search}, scale=1.0 / cfg.pixel_scale)
+            terms["sprites/search_mse_change"], terms["sprites/total"] = (
+                search.detach(),
+                _report(total, search),
+            )
+            if total is not None:
+                totals.append(total)
 
     if output.commit is not None:
         commit = output.commit.float()

@@ -38,6 +38,8 @@ class StudentConfig:
     # Spatial-softmax keypoints (models/keypoints.py): the last 2 * z_keypoints dimensions of z are
     # (x, y) image positions pooled from the patch tokens, which the token decoder draws back as heatmaps.
     z_keypoints: int = 0
+    # Each keypoint also drawn onto the pixels as a small sprite (models/keypoints.py KeypointSprites).
+    keypoint_sprites: bool = False
     # z as integer codes (models/quantize.py), after z_norm: none | fsq | vq. Each code covers
     # len(fsq_levels) (fsq) or vq_code_dim (vq) consecutive dimensions of z, which d_z must be a multiple of.
     quantizer: QuantizerKind = "none"
@@ -88,6 +90,11 @@ class StudentConfig:
             raise ValueError(
                 f"z_keypoints={self.z_keypoints} takes {2 * self.z_keypoints} of z's d_z={self.d_z} dimensions; "
                 "it must be >= 0 and leave at least one dimension for the CLS summary"
+            )
+        if self.keypoint_sprites and not (self.z_keypoints and self.pixel_head):
+            raise ValueError(
+                f"keypoint_sprites draws the keypoints onto the pixel head's output, but z_keypoints={self.z_keypoints} "
+                f"and pixel_head={self.pixel_head}; set z_keypoints > 0 and pixel_head=true, or keypoint_sprites=false"
             )
         if self.z_keypoints and self.quantizer != "none":
             raise ValueError(

@@ -38,6 +38,14 @@ class ZProjection(nn.Module):
             return z
         return torch.cat([z, points_to_z(self.keypoints(tokens[:, 1:], grid))], dim=1)
 
+    def keypoint_candidates(
+        self, tokens: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keypoints' softmax weights [B, N, K] and candidate positions [B, N, K, 2] before pooling."""
+        if self.keypoints is None:
+            raise RuntimeError("this z has no keypoints")
+        return self.keypoints.candidates(tokens[:, 1:], grid)
+
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
     """[h*w, dim] fixed 2-D sine-cosine position codes (MAE's), rows in raster order.

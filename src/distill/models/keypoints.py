@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 POSITION_SCALE = math.sqrt(12.0)
@@ -42,15 +43,20 @@ class KeypointPooling(nn.Module):
         self.logits = nn.Linear(width, count)
         self.offsets = nn.Linear(width, 2 * count)
 
-    def forward(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def candidates(self, patches: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each point looks: softmax weights [B, N, K] over the patches and each patch's candidate
+        position [B, N, K, 2] (its centre plus its offset); a point is their weighted mean."""
         batch, tokens, _ = patches.shape
         if tokens != grid[0] * grid[1]:
             raise ValueError(f"{tokens} patch tokens do not fill a {grid[0]}x{grid[1]} grid")
         x = self.norm(patches)
-        weights = self.logits(x).softmax(dim=1)  # [B, N, K]: where each point looks
+        weights = self.logits(x).softmax(dim=1)
         half_cell = 0.5 / torch.tensor([grid[1], grid[0]], dtype=x.dtype, device=x.device)
         offsets = torch.tanh(self.offsets(x)).reshape(batch, tokens, self.count, 2) * half_cell
-        positions = cell_centres(grid, x.device).to(x.dtype)[None, :, None] + offsets  # [B, N, K, 2]
+        return weights, cell_centres(grid, x.device).to(x.dtype)[None, :, None] + offsets
+
+    def forward(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        weights, positions = self.candidates(patches, grid)
         return (weights[..., None] * positions).sum(dim=1)
 
 
@@ -74,3 +80,106 @@ def heatmaps(points: torch.Tensor, grid: tuple[int, int], sigma: tuple[float, fl
     scale = torch.tensor(sigma, dtype=points.dtype, device=points.device)
     distance = ((centres[None, :, None] - points[:, None]) / scale).square().sum(-1)  # [B, N, K]
     return torch.exp(-0.5 * distance)
+
+
+class KeypointSprites(nn.Module):
+    """Draws each keypoint onto the pixels as a small round sprite: a learned colour, size and opacity.
+
+    The token decoder paints at the resolution of its patch grid, so an object smaller than a patch
+    comes out as a smear around where it is. A sprite is drawn at the point's exact position in pixel
+    space, so a small moving object (a robot's end effector, a ball) can be put back sharp.
+    Sprites are composited in keypoint order over the decoded image: ``out = out * (1 - a) + colour * a``
+    with ``a`` a Gaussian footprint of the point times the sprite's opacity.
+
+    A sprite only changes the pixels near its point, so the pixel loss alone cannot pull a point
+    across the image onto an object it should draw. :meth:`search` gives that pull: the change in
+    pixel error were the sprite drawn at each patch's candidate position, averaged under the
+    keypoint's softmax, so the softmax learns to look where a sprite would help most.
+    """
+
+    def __init__(self, count: int, radius: float = 0.025) -> None:
+        super().__init__()
+        self.colour = nn.Parameter(torch.full((count, 3), 0.5))
+        self.opacity_logit = nn.Parameter(torch.zeros(count))
+        self.log_radius = nn.Parameter(torch.full((count,), math.log(radius)))
+
+    def forward(self, pixels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] in [0, 1], points [B, K, 2] in [0, 1] image units -> pixels with the sprites."""
+        for k in range(points.shape[1]):
+            pixels = self._draw(pixels, points[:, k], k)
+        return pixels
+
+    def search(
+        self, pixels: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """How much the pixel MSE would drop were the sprites drawn where their keypoints look.
+
+        ``pixels`` [B, 3, H, W] are the decoded image (treated as fixed), ``target`` the true image,
+        ``weights`` [B, N, K] and ``candidates`` [B, N, K, 2] the keypoints' softmax and positions
+        (:meth:`KeypointPooling.candidates`). Two parts per sprite: the error change averaged under
+        the softmax, which moves the softmax towards candidates where the sprite helps; and the change
+        at the single best candidate, which fits the sprite's colour and size to what it could draw
+        there (fitted under the average instead, the colour drifts to the background, where most
+        candidates are and where a background-coloured sprite changes nothing). Sprite k is scored
+        with sprites < k drawn at their pooled points, so later sprites look for what earlier ones left.
+        """
+        height, width = pixels.shape[-2:]
+        total = pixels.new_zeros(())
+        for k in range(weights.shape[2]):
+            points = candidates[:, :, k]  # [B, N, 2]
+            fixed = _sample(self._error_change_map(pixels, target, k, frozen=True), points)  # [B, N]
+            best = points.detach().gather(1, fixed.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
+            fitted = _sample(self._error_change_map(pixels, target, k, frozen=False), best)
+            total = total + (weights[:, :, k] * fixed).sum(1).mean() + fitted.mean()
+            pooled = (weights[:, :, k, None] * points).sum(1)
+            pixels = self._draw(pixels, pooled, k).detach()
+        return total / (3 * height * width)
+
+    def _alpha(self, points: torch.Tensor, k: int, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] opacity of sprite k at ``points`` [B, 2]."""
+        height, width = size
+        ys = (torch.arange(height, device=like.device, dtype=like.dtype) + 0.5) / height
+        xs = (torch.arange(width, device=like.device, dtype=like.dtype) + 0.5) / width
+        radius = self.log_radius[k].exp()
+        fx = torch.exp(-0.5 * ((xs - points[:, 0:1]) / radius).square())  # [B, W]
+        fy = torch.exp(-0.5 * ((ys - points[:, 1:2]) / radius).square())  # [B, H]
+        return torch.sigmoid(self.opacity_logit[k]) * (fy[:, None, :, None] * fx[:, None, None, :])
+
+    def _draw(self, pixels: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+        alpha = self._alpha(points, k, (pixels.shape[-2], pixels.shape[-1]), pixels)
+        return pixels * (1 - alpha) + self.colour[k].view(1, 3, 1, 1) * alpha
+
+    def _error_change_map(
+        self, pixels: torch.Tensor, target: torch.Tensor, k: int, frozen: bool
+    ) -> torch.Tensor:
+        """[B, 1, H, W]: summed squared-error change were sprite k, fully opaque, centred on each pixel.
+
+        With d = pixels - target and e = colour - pixels, drawing alpha = G changes the error by
+        sum_x 2 G d.e + G^2 |e|^2: two Gaussian blurs, cheap at every position at once. The search
+        draws the sprite opaque, not at its learned opacity: a sprite that does not yet sit on
+        anything learns to fade, which would silence the very signal that moves it onto something.
+        ``frozen`` stops the gradient into the sprite's colour and size.
+        """
+        colour, log_radius = self.colour[k], self.log_radius[k]
+        if frozen:
+            colour, log_radius = colour.detach(), log_radius.detach()
+        e = colour.view(1, 3, 1, 1) - pixels
+        cross = ((pixels - target) * e).sum(1, keepdim=True)
+        square = e.square().sum(1, keepdim=True)
+        radius_px = log_radius.exp() * pixels.shape[-1]
+        return 2 * _blur(cross, radius_px) + _blur(square, radius_px / math.sqrt(2))
+
+
+def _sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] read bilinearly at points [B, N, 2] in [0, 1] image units -> [B, N]."""
+    grid = points[:, :, None] * 2 - 1  # grid_sample's [-1, 1], pixel centres with align_corners=False
+    return F.grid_sample(image, grid, align_corners=False)[:, 0, :, 0]
+
+
+def _blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] convolved with an unnormalised Gaussian exp(-r^2 / 2 sigma^2), cut at 4 sigma (zero outside the image)."""
+    half = max(1, math.ceil(4 * float(sigma.detach())))  # the tails past 4 sigma weigh < 4e-4
+    taps = torch.arange(-half, half + 1, device=image.device, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma).square())
+    image = F.conv2d(image, kernel.view(1, 1, -1, 1), padding=(half, 0))
+    return F.conv2d(image, kernel.view(1, 1, 1, -1), padding=(0, half))

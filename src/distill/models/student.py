@@ -23,6 +23,7 @@ from distill.models.checkpoint import (
 from distill.models.config import StudentConfig
 from distill.models.decoder import TokenDecoder, ZProjection
 from distill.models.heads import TeacherHead
+from distill.models.keypoints import KeypointSprites, points_from_z
 from distill.models.pixel_head import PixelHead
 from distill.models.quantize import Quantized, Quantizer, build_quantizer
 from distill.stats import FeatureStats
@@ -43,6 +44,7 @@ class StudentOutput:
     pixels: torch.Tensor | None
     codes: torch.Tensor | None = None
     commit: torch.Tensor | None = None
+    sprite_search: torch.Tensor | None = None
 
 
 class Student(nn.Module):
@@ -87,6 +89,7 @@ class Student(nn.Module):
         self.pixel_head = (
             PixelHead(grid_dim, config.patch_size, config.image_size) if config.pixel_head else None
         )
+        self.sprites = KeypointSprites(config.z_keypoints) if config.keypoint_sprites else None
         self.stats: dict[str, FeatureStats] | None = None
 
     @property
@@ -198,6 +201,10 @@ class Student(nn.Module):
             out = self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
         if quantized is not None:
             out.codes, out.commit = quantized.codes, quantized.commit
+        if self.training and self.sprites is not None and out.pixels is not None:
+            weights, candidates = self.to_z.keypoint_candidates(tokens, grid)
+            target = to_unit_float(images.to(out.pixels.device))
+            out.sprite_search = self.sprites.search(out.pixels.detach(), target, weights, candidates)
         return out
 
     def predict(
@@ -246,6 +253,8 @@ class Student(nn.Module):
     def _heads(self, z: torch.Tensor, tokens: torch.Tensor) -> StudentOutput:
         features = {name: head(tokens, z) for name, head in self.heads.items()}
         pixels = None if self.pixel_head is None else self.pixel_head(tokens)
+        if pixels is not None and self.sprites is not None:
+            pixels = self.sprites(pixels, points_from_z(z[:, z.shape[1] - 2 * self.config.z_keypoints :]))
         return StudentOutput(z=z, features=features, pixels=pixels)
 
     def save_pretrained(self, directory: str | Path, stats: Mapping[str, FeatureStats]) -> None:
