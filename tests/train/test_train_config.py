@@ -97,7 +97,13 @@ def test_sim_preset_is_the_tiny_student_with_keypoints_on_the_sim_schedule() -> 
     spec = load_teacher("dinov2", "tiny", device="cpu").spec
     cfg = run_config("preset=sim", "model.d_z=64")
     built = student_config(cfg, {"dinov2": spec}, image_size=64)
-    assert (built.size, built.d_z, built.z_keypoints, built.patch_size) == ("tiny", 64, 4, 8)
+    assert (built.size, built.d_z, built.z_keypoints, built.keypoint_sprites, built.patch_size) == (
+        "tiny",
+        64,
+        4,
+        True,
+        8,
+    )
     assert (built.decoder_dim, built.decoder_heads) == (96, 4)
     assert (cfg.training.steps, cfg.training.lr, cfg.init_from) == (2000, 2e-3, None)
 
