@@ -1,5 +1,6 @@
-"""vjepa2 over a frames dataset: extraction feeds each video's frames in order, across shard boundaries;
-image datasets are refused; online it encodes the batch's frames as stills."""
+"""vjepa2 over a frames dataset: extraction feeds each video's frames in order, across shard boundaries,
+from a paired dataset's target side; image datasets are refused; online it encodes the batch's frames as
+stills."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 from distill.data.clips import video_clips
-from distill.data.manifest import load_manifest
+from distill.data.jpeg import decode_view
+from distill.data.manifest import TARGET_IMAGES_DIR, load_manifest
+from distill.data.shards import iter_shard
 from distill.distributed import DistContext
 from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
 from distill.preprocess.organize import OrganizeConfig, organize_images
@@ -60,6 +63,31 @@ def test_a_shard_in_the_middle_of_a_video_reads_its_neighbours(
     middle = targets.features(shards[1], ["a_f000003", "a_f000004", "a_f000005"]).patch
     video = next(v for v in video_clips(frames_dataset, clip_len=100, allow_short=True) if v.video_id == "a")
     torch.testing.assert_close(middle, vjepa2.video_features(video.frames).patch[3:6], atol=1e-5, rtol=0)
+
+
+def test_a_paired_dataset_is_extracted_from_its_target_frames(tmp_path: Path, vjepa2: VJepa2Teacher) -> None:
+    write_video(tmp_path / "src" / "a.mp4", frames=5, size=(64, 64), fps=8, seed=1)
+    write_video(tmp_path / "tgt" / "a.mp4", frames=5, size=(64, 64), fps=8, seed=5)
+    dataset = tmp_path / "ds"
+    subsample_videos(
+        VideoConfig(
+            tmp_path / "src", dataset, size=64, samples_per_shard=3, every_n=1, target=tmp_path / "tgt"
+        )
+    )
+    job = TeacherJob("vjepa2", "tiny", None, "fp16")
+    run_extraction(
+        ExtractConfig(dataset, (job,), batch_size=4, progress=False), {"vjepa2": vjepa2}, DistContext()
+    )
+    (video,) = video_clips(dataset, clip_len=100, teachers=("vjepa2",), normalize=False, allow_short=True)
+    shards = [dataset / TARGET_IMAGES_DIR / s.name for s in load_manifest(dataset).split("train").shards]
+    target = torch.stack(
+        [decode_view(s.files["jpg"], 64, s.key) for shard in shards for s in iter_shard(shard)]
+    )
+    assert target.shape == video.frames.shape and not torch.equal(target, video.frames)
+    stored = video.targets["vjepa2"].patch
+    expected = vjepa2.video_features(target).patch  # stored as fp16
+    torch.testing.assert_close(stored, expected, atol=2e-3 * float(expected.abs().max()), rtol=0)
+    assert not torch.allclose(stored, vjepa2.video_features(video.frames).patch, atol=1e-2)
 
 
 def test_an_image_dataset_is_refused(tmp_path: Path, vjepa2: VJepa2Teacher) -> None:

@@ -6,7 +6,8 @@ without regard to video boundaries). For each requested key, the frames of its w
 gathered (this shard's, and the neighbouring shards' while the video continues into them), decoded,
 and passed in frame order to the teacher's ``video_features``; the video's targets stay cached while
 the following keys belong to it. Metadata must name ``video_id`` and ``frame_index`` (increasing within
-a video), as subsample_videos writes it; an image dataset is refused up front.
+a video), as subsample_videos writes it; an image dataset is refused up front. The frames are read
+from the manifest's teacher images: a paired dataset's target side, like the image teachers'.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from distill.data.jpeg import decode_view
-from distill.data.manifest import IMAGES_DIR, Manifest
+from distill.data.manifest import Manifest
 from distill.data.shards import ShardError, iter_shard
 from distill.features import TeacherOutput
 from distill.teachers.base import Teacher
@@ -73,7 +74,8 @@ class VideoTargets:
     ) -> None:
         if not isinstance(teacher, VideoTeacher):
             raise TypeError(f"teacher {teacher.spec.name!r} is not a video teacher")
-        self.dataset, self.teacher, self.precision = dataset, teacher, precision
+        self.teacher, self.precision = teacher, precision
+        self.images = dataset / manifest.teacher_images  # a paired dataset's teachers see the target side
         self.size = manifest.canonical_size
         self.clips_per_batch = max(1, batch_size // teacher.clip_frames)
         self.neighbours = {
@@ -97,7 +99,7 @@ class VideoTargets:
         return TeacherOutput(patch=torch.stack(rows), cls=None)
 
     def _path(self, shard: str) -> Path:
-        return self.dataset / IMAGES_DIR / shard
+        return self.images / shard
 
     def _frames(self, shard: str) -> list[_Frame]:
         if shard not in self.shards:
