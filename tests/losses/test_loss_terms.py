@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses import cosine_distance, pixel_mse
+from distill.losses import LossConfig, cosine_distance, distillation_loss, pixel_mse
+from distill.models.student import StudentOutput
 
 
 def test_cosine_distance_matches_numpy() -> None:
@@ -42,3 +43,23 @@ def test_pixel_mse_compares_against_unit_float_images() -> None:
     np.testing.assert_allclose(pixel_mse(torch.from_numpy(pixels), as_float).item(), want, rtol=1e-5)
     with pytest.raises(ValueError, match="predicted pixels"):
         pixel_mse(torch.from_numpy(pixels), torch.from_numpy(images)[:, :, :4])
+
+
+@pytest.mark.parametrize(("pixel_weight", "search_weight"), [(1.0, 1.0), (4.0, 0.5), (0.0, 1.0)])
+def test_the_sprite_search_is_weighted_relative_to_the_pixel_term(
+    pixel_weight: float, search_weight: float
+) -> None:
+    """Its weight is sprite_search * pixel_mse: switching the pixel term off switches the search off."""
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    pixels = torch.full((2, 3, 4, 4), 0.1)
+    search = torch.tensor(-0.002)
+    output = StudentOutput(z=torch.zeros(2, 4), features={}, pixels=pixels, sprite_search=search)
+    cfg = LossConfig(pixel_mse=pixel_weight, sprite_search=search_weight, pixel_scale=0.5)
+    if pixel_weight == 0:
+        with pytest.raises(ValueError, match="nothing to train"):
+            distillation_loss(output, {}, images, cfg)
+        return
+    loss = distillation_loss(output, {}, images, cfg)
+    assert float(loss.terms["sprites/total"]) == pytest.approx(pixel_weight * search_weight * -0.002 / 0.5)
+    want = (pixel_weight * 0.01 + pixel_weight * search_weight * -0.002) / 0.5
+    assert float(loss.total) == pytest.approx(want, rel=1e-5)

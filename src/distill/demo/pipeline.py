@@ -46,8 +46,8 @@ class DemoConfig:
     val_fraction: float = 0.2
     steps: int = 300
     batch_size: int = 32  # per rank
-    # pixel_mse (and the keypoint sprites' search, a pixel term too) x 4: in a run this short, the pixel
-    # row is what shows z's content
+    # pixel_mse x 4 (the keypoint sprites' search scales with it): in a run this short, the pixel row is
+    # what shows z's content
     pixel_weight: float = 4.0
     processes: int = 2  # torchrun processes for extraction and training
     storage: str = "int8"
@@ -287,7 +287,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             f"training.val_every={max(1, cfg.steps // 4)}",
             f"training.checkpoint_every={cfg.steps}",
             f"training.loss.pixel_mse={cfg.pixel_weight:g}",
-            f"training.loss.sprite_search={cfg.pixel_weight:g}",
             "logging.log_every=10",
             "logging.wandb.mode=disabled",
             f"output_dir={result.run_dir.parent}",

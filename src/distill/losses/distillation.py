@@ -39,8 +39,9 @@ class LossConfig:
     # The pixel MSE is divided by this: the MSE of the mean training image (the trainer measures it),
     # so the pixel term starts near 1 like a teacher term instead of ~0.005 on mostly static frames.
     pixel_scale: float = 1.0
-    # Keypoint sprites' search term: the pixels with each sprite drawn at its softmax mixture of candidate
-    # positions (over the decoded pixels, detached), so a point is pulled towards whatever it could draw.
+    # Keypoint sprites' search term (KeypointSprites.search: the pixel-error change were each sprite drawn
+    # where its keypoint's softmax looks), relative to the pixel term: its weight is sprite_search * pixel_mse,
+    # so switching the pixel term off switches the search off too.
     sprite_search: float = 1.0
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     commit: float = 0.25  # VQ commitment loss weight (beta of van den Oord et al.), pulls z to its codes
@@ -141,7 +142,8 @@ def distillation_loss(
             totals.append(total)
         if output.sprite_search is not None:
             search = output.sprite_search.float()
-            total = _weighted_sum({"mse": search}, {"mse": cfg.sprite_search}, scale=1.0 / cfg.pixel_scale)
+            weight = cfg.sprite_search * cfg.pixel_mse
+            total = _weighted_sum({"mse": search}, {"mse": weight}, scale=1.0 / cfg.pixel_scale)
             terms["sprites/search_mse_change"], terms["sprites/total"] = (
                 search.detach(),
                 _report(total, search),

@@ -114,25 +114,35 @@ class KeypointSprites(nn.Module):
     ) -> torch.Tensor:
         """How much the pixel MSE would drop were the sprites drawn where their keypoints look.
 
-        ``pixels`` [B, 3, H, W] are the decoded image (treated as fixed), ``target`` the true image,
-        ``weights`` [B, N, K] and ``candidates`` [B, N, K, 2] the keypoints' softmax and positions
+        ``pixels`` [B, 3, H, W] are the student's decoded image as it stands, sprites included
+        (treated as fixed: the search looks for what the whole decoder still gets wrong, while the
+        pixel term keeps a sprite where it already helps); ``target`` the true image; ``weights``
+        [B, N, K] and ``candidates`` [B, N, K, 2] the keypoints' softmax and positions
         (:meth:`KeypointPooling.candidates`). Two parts per sprite: the error change averaged under
         the softmax, which moves the softmax towards candidates where the sprite helps; and the change
         at the single best candidate, which fits the sprite's colour and size to what it could draw
         there (fitted under the average instead, the colour drifts to the background, where most
-        candidates are and where a background-coloured sprite changes nothing). Sprite k is scored
-        with sprites < k drawn at their pooled points, so later sprites look for what earlier ones left.
+        candidates are and where a background-coloured sprite changes nothing). Before sprite k is
+        scored, sprites < k are drawn once more at their pooled points, so later sprites look past them.
+        Computed in fp32 (it is a difference of two blurs), outside any autocast.
         """
         height, width = pixels.shape[-2:]
-        total = pixels.new_zeros(())
-        for k in range(weights.shape[2]):
-            points = candidates[:, :, k]  # [B, N, 2]
-            fixed = _sample(self._error_change_map(pixels, target, k, frozen=True), points)  # [B, N]
-            best = points.detach().gather(1, fixed.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
-            fitted = _sample(self._error_change_map(pixels, target, k, frozen=False), best)
-            total = total + (weights[:, :, k] * fixed).sum(1).mean() + fitted.mean()
-            pooled = (weights[:, :, k, None] * points).sum(1)
-            pixels = self._draw(pixels, pooled, k).detach()
+        # One kernel size for every blur of the call: 4 sigma of the widest sprite (one host sync).
+        half = max(1, math.ceil(4 * float(self.log_radius.detach().exp().max()) * width))
+        dtype = torch.promote_types(pixels.dtype, torch.float32)
+        total = pixels.new_zeros((), dtype=dtype)
+        with torch.autocast(pixels.device.type, enabled=False):
+            pixels, target, weights, candidates = (t.to(dtype) for t in (pixels, target, weights, candidates))
+            for k in range(weights.shape[2]):
+                points = candidates[:, :, k]  # [B, N, 2]
+                fixed = _sample(
+                    self._error_change_map(pixels, target, k, half, frozen=True), points
+                )  # [B, N]
+                best = points.detach().gather(1, fixed.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
+                fitted = _sample(self._error_change_map(pixels, target, k, half, frozen=False), best)
+                total = total + (weights[:, :, k] * fixed).sum(1).mean() + fitted.mean()
+                pooled = (weights[:, :, k, None] * points).sum(1)
+                pixels = self._draw(pixels, pooled, k).detach()
         return total / (3 * height * width)
 
     def _alpha(self, points: torch.Tensor, k: int, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -150,7 +160,7 @@ class KeypointSprites(nn.Module):
         return pixels * (1 - alpha) + self.colour[k].view(1, 3, 1, 1) * alpha
 
     def _error_change_map(
-        self, pixels: torch.Tensor, target: torch.Tensor, k: int, frozen: bool
+        self, pixels: torch.Tensor, target: torch.Tensor, k: int, half: int, frozen: bool
     ) -> torch.Tensor:
         """[B, 1, H, W]: summed squared-error change were sprite k, fully opaque, centred on each pixel.
 
@@ -158,7 +168,8 @@ class KeypointSprites(nn.Module):
         sum_x 2 G d.e + G^2 |e|^2: two Gaussian blurs, cheap at every position at once. The search
         draws the sprite opaque, not at its learned opacity: a sprite that does not yet sit on
         anything learns to fade, which would silence the very signal that moves it onto something.
-        ``frozen`` stops the gradient into the sprite's colour and size.
+        ``half``: the blur kernel's half width in pixels; ``frozen`` stops the gradient into the sprite's
+        colour and size.
         """
         colour, log_radius = self.colour[k], self.log_radius[k]
         if frozen:
@@ -167,7 +178,7 @@ class KeypointSprites(nn.Module):
         cross = ((pixels - target) * e).sum(1, keepdim=True)
         square = e.square().sum(1, keepdim=True)
         radius_px = log_radius.exp() * pixels.shape[-1]
-        return 2 * _blur(cross, radius_px) + _blur(square, radius_px / math.sqrt(2))
+        return 2 * _blur(cross, radius_px, half) + _blur(square, radius_px / math.sqrt(2), half)
 
 
 def _sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -176,9 +187,9 @@ def _sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, align_corners=False)[:, 0, :, 0]
 
 
-def _blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] convolved with an unnormalised Gaussian exp(-r^2 / 2 sigma^2), cut at 4 sigma (zero outside the image)."""
-    half = max(1, math.ceil(4 * float(sigma.detach())))  # the tails past 4 sigma weigh < 4e-4
+def _blur(image: torch.Tensor, sigma: torch.Tensor, half: int) -> torch.Tensor:
+    """[B, 1, H, W] convolved with an unnormalised Gaussian exp(-r^2 / 2 sigma^2) of ``2 * half + 1`` taps
+    per axis (zero outside the image)."""
     taps = torch.arange(-half, half + 1, device=image.device, dtype=image.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma).square())
     image = F.conv2d(image, kernel.view(1, 1, -1, 1), padding=(half, 0))
