@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from align_helpers import Paired, TrainFn
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
+from distill.distributed import DistContext
 from distill.models import Student
 from distill.train.adapter import AdapterConfig, LoraAdapter
 from distill.train.config import load_run_config
+from distill.train.setup import prepare_inputs
+from distill.train.typed import ConfigError
 
 SIZE = 32
 
@@ -74,3 +79,28 @@ def student_adapter_config(run: Path) -> AdapterConfig:
     adapter = load_run_config(saved).adapter
     assert adapter is not None
     return adapter
+
+
+def test_an_online_teacher_on_a_paired_dataset_is_refused(paired: Paired, tmp_path: Path) -> None:
+    """It would see the source images the student reads, not the target side its stored features are of."""
+    overrides = [
+        f"dataset.root={paired.dataset.parent}",
+        f"dataset.name={paired.dataset.name}",
+        "teachers=dinov2",
+        "teacher_source=tiny",
+        "teachers.dinov2.online=true",
+        "model=tiny",
+        "device=cpu",
+        f"output_dir={tmp_path}",
+        "logging.wandb.mode=disabled",
+    ]
+    with initialize_config_module(config_module="distill.configs", version_base="1.3"):
+        cfg = load_run_config(compose(config_name="config", overrides=overrides))
+    manifest = paired.dataset / "manifest.json"
+    with pytest.raises(ConfigError) as caught:
+        prepare_inputs(cfg, DistContext())
+    message = str(caught.value)
+    assert (
+        message.startswith("teachers.dinov2.online=true: ") and f"{manifest} is a paired dataset" in message
+    )
+    assert "extract dinov2 with distill-extract" in message and "teachers.dinov2.online=false" in message

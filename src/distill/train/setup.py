@@ -64,8 +64,21 @@ def check_splits(cfg: RunConfig, manifest: Manifest, dataset: str) -> None:
             )
 
 
+def check_online_unpaired(cfg: RunConfig, manifest: Manifest, dataset: str) -> None:
+    """An online teacher sees the batch's images, the source side: a paired dataset's teachers need the target side."""
+    online = [key for key, teacher in cfg.teachers.items() if teacher.online]
+    if manifest.pairing and online:
+        raise ConfigError(
+            f"teachers.{online[0]}.online=true: {dataset}/manifest.json is a paired dataset, whose teachers must "
+            f"see its target images ({manifest.teacher_images}/), but an online teacher sees the source images "
+            f"the student reads; extract {', '.join(cfg.teachers[k].name for k in online)} with distill-extract "
+            f"(it reads the target side) and set {', '.join(f'teachers.{k}.online=false' for k in online)}"
+        )
+
+
 def plan_teachers(cfg: RunConfig, manifest: Manifest, dataset: str, device: str) -> TeacherPlan:
     check_splits(cfg, manifest, dataset)
+    check_online_unpaired(cfg, manifest, dataset)
     specs: dict[str, TeacherSpec] = {}
     offline: list[str] = []
     online: dict[str, Teacher] = {}
