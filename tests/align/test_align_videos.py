@@ -13,6 +13,8 @@ from PIL import Image
 
 from distill.data.manifest import load_manifest
 from distill.geometry import canonical_view
+from distill.preprocess import subsample_videos as subsample_module
+from distill.preprocess.pairs import Partner
 from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.synthetic import video_frames, write_video
 
@@ -79,3 +81,35 @@ def test_paired_videos_share_keys_frame_for_frame_and_mismatches_are_rejected(tm
 def test_a_target_folder_with_a_lerobot_camera_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--target pairs plain video folders"):
         VideoConfig(tmp_path, tmp_path / "d", every_n=1, camera="top", target=tmp_path)
+
+
+def test_a_target_that_changes_after_its_check_writes_nothing_of_its_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: each target passes the pair check, then b's is cut short and c's made undecodable."""
+    src, tgt = tmp_path / "src", tmp_path / "tgt"
+    for seed, name in enumerate(("a", "b", "c")):
+        write_video(src / f"{name}.mp4", frames=8, size=SHAPE, seed=seed)
+        write_video(tgt / f"{name}.mp4", frames=8, size=SHAPE, seed=seed + 10)
+    checked = subsample_module.pair_mismatch
+
+    def changes_after_check(rel: str, path: Path, partner: Partner) -> str | None:
+        verdict = checked(rel, path, partner)
+        if rel == "b.mp4":
+            write_video(partner.path, frames=3, size=SHAPE, seed=20)
+        elif rel == "c.mp4":
+            partner.path.write_bytes(b"not a video")
+        return verdict
+
+    monkeypatch.setattr(subsample_module, "pair_mismatch", changes_after_check)
+    dataset = tmp_path / "paired"
+    counts = subsample_videos(
+        VideoConfig(src, dataset, size=SIZE, every_n=2, samples_per_shard=3, target=tgt)
+    )
+    assert counts == {"train": 4}
+    source, target = _shard_frames(dataset / "images"), _shard_frames(dataset / "target_images")
+    assert list(source) == list(target) == [f"a_f{i:06d}" for i in (0, 2, 4, 6)]
+    rejected = (dataset / "rejected.txt").read_text()
+    assert "pair b.mp4 / b.mp4: the target ended before frame 4 of the source" in rejected
+    assert "its target c.mp4: no decodable frame" in rejected
+    assert load_manifest(dataset).rejected == 2

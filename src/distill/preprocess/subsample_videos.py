@@ -17,7 +17,10 @@ video pairs the target video at the same relative path, extension aside (``disti
 Both must decode to the same number of frames with the same aspect ratio; the kept frames of both are
 written under the same keys, the source side to ``images/`` and the target side to ``target_images/``,
 as ``distill-organize --target`` does for images. A video without a partner, or a pair whose frame counts
-or shapes differ, is a line of rejected.txt naming both files; nothing of it is written.
+or shapes differ, is a line of rejected.txt naming both files; nothing of it is written. A pair's kept frames
+are held (as JPEG) until both videos are read, then added to both sides together, so a target that turns
+out shorter than counted is such a rejection too, and a decode error, named against the file it comes
+from, keeps the same frames on both sides.
 Run as ``python -m distill.preprocess.subsample_videos --help`` or scripts/preprocessing/subsample_videos.py.
 """
 
@@ -332,22 +335,30 @@ def pair_mismatch(rel: str, path: Path, partner: Partner) -> str | None:
 def _write_video(
     sides: Sides, rel: str, path: Path, video_id: str, split: str, cfg: VideoConfig, written: set[str]
 ) -> Rejection | None:
-    """Append one video's kept frames (and its target's, paired); returns its rejection or None."""
+    """Append one video's kept frames (and its target's, paired); returns its rejection or None.
+
+    A paired video's frames are held (encoded) until both sides have been read to the end, then each
+    frame is added to both sides together: a target that ends early is a rejection with nothing of the
+    pair written, and a decode error keeps the same frames on both sides.
+    """
     try:
         fps = video_fps(path)
     except (av.FFmpegError, OSError, ValueError) as exc:
         return Rejection("videos", rel, f"unreadable video ({type(exc).__name__}: {exc})")
     if fps is None:
         return Rejection("videos", rel, "no video stream")
+    partner = None if sides.target is None else sides.target[1]
     targets: Iterator[Frame] | None = None
-    if sides.target is not None:
-        mismatch = pair_mismatch(rel, path, sides.target[1])
+    if partner is not None:
+        mismatch = pair_mismatch(rel, path, partner)
         if mismatch is not None:
             return Rejection("pairs", rel, mismatch)
-        targets = iter_frames(sides.target[1].path, FrameSelector(1, None), fps)
+        targets = iter_frames(partner.path, FrameSelector(1, None), fps)
     sidecar = read_sidecar(path)
     selector = FrameSelector(cfg.every_n, cfg.fps)
+    pending: list[tuple[str, dict[str, bytes], dict[str, bytes] | None]] = []  # key, source files, target's
     kept = 0
+    reading = ""  # which side a decode error comes from: the source, or "its target ...: "
     try:
         for frame in iter_frames(path, selector, fps):
             key = f"{video_id}_f{frame.index:06d}"
@@ -368,28 +379,39 @@ def _write_video(
             }
             if sidecar is not None:
                 meta["arrays"] = sidecar.frame(frame.index)
-            if targets is not None and sides.target is not None:
-                writer, partner = sides.target
+            target_files = None
+            if targets is not None and partner is not None:
+                reading = f"its target {partner.relpath}: "
                 target = next((t for t in targets if t.index == frame.index), None)  # the same decoded frame
+                reading = ""
                 if target is None:
-                    raise ValueError(f"{partner.path} ended before frame {frame.index} of its source {path}")
+                    return Rejection(
+                        "pairs",
+                        rel,
+                        f"pair {rel} / {partner.relpath}: the target ended before frame {frame.index} of the "
+                        "source (it changed since its frames were counted?); nothing of the pair is written",
+                    )
                 side = {k: v for k, v in meta.items() if k != "arrays"} | {
                     "source": partner.relpath,
                     "pair_of": rel,
+                    "width": target.image.width,
+                    "height": target.image.height,
                 }
-                side |= {"width": target.image.width, "height": target.image.height}
                 meta["target"] = partner.relpath
-                _add_frame(writer, target.image, side, cfg)
-            _add_frame(sides.source, frame.image, meta, cfg)
-            kept += 1
+                target_files = _encode(target.image, side, cfg)
+            pending.append((key, _encode(frame.image, meta, cfg), target_files))
+            if targets is None:
+                kept += _add_frames(sides, pending)
     except (av.FFmpegError, OSError) as exc:
+        kept += _add_frames(sides, pending)  # the frames before the failure, on both sides of a pair
         if kept == 0:
-            return Rejection("videos", rel, f"no decodable frame ({type(exc).__name__}: {exc})")
+            return Rejection("videos", rel, f"{reading}no decodable frame ({type(exc).__name__}: {exc})")
         return Rejection(
             "videos",
             rel,
-            f"decoding failed after {kept} kept frames, which are kept ({type(exc).__name__}: {exc})",
+            f"{reading}decoding failed after {kept} kept frames, which are kept ({type(exc).__name__}: {exc})",
         )
+    kept += _add_frames(sides, pending)
     if kept == 0:
         return Rejection("videos", rel, "no decodable frame (zero frames in the video stream)")
     if sidecar is not None:
@@ -397,10 +419,21 @@ def _write_video(
     return None
 
 
-def _add_frame(writer: SplitWriter, image: Image.Image, meta: dict[str, object], cfg: VideoConfig) -> None:
+def _encode(image: Image.Image, meta: dict[str, object], cfg: VideoConfig) -> dict[str, bytes]:
+    """A frame's shard members: its canonical view as JPEG and its metadata."""
     buffer = io.BytesIO()
     canonical_view(image, cfg.size).save(buffer, format="JPEG", quality=cfg.quality)
-    writer.add(str(meta["key"]), {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()})
+    return {"jpg": buffer.getvalue(), "json": json.dumps(meta).encode()}
+
+
+def _add_frames(sides: Sides, pending: list[tuple[str, dict[str, bytes], dict[str, bytes] | None]]) -> int:
+    """Add the encoded frames to the source side and, paired, the target side together; returns how many."""
+    for key, source, target in pending:
+        if sides.target is not None and target is not None:
+            sides.target[0].add(key, target)
+        sides.source.add(key, source)
+    count, pending[:] = len(pending), []
+    return count
 
 
 def _subsample_lerobot(cfg: VideoConfig) -> dict[str, int]:
@@ -457,7 +490,7 @@ def _write_episode(
             "height": image.height,
             "arrays": {name: values[row].tolist() for name, values in episode.arrays.items()},
         }
-        _add_frame(writer, image, meta, cfg)
+        writer.add(str(meta["key"]), _encode(image, meta, cfg))
     return None
 
 
