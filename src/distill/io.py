@@ -58,7 +58,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; on success it replaces ``path`` whole.
 
-    A reader sees the old folder or the new one, never a mix; an exception leaves ``path`` as it was.
+    An existing folder is first renamed aside, then the staging folder renamed to ``path`` (a folder
+    cannot be renamed over a non-empty one): a reader sees the old folder or the new one, never a mix,
+    except between the two renames, when it sees neither. An exception, a failed swap included, leaves
+    ``path`` as it was (the old folder is moved back).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +73,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             fsync_path(item)
         if target.exists():
             os.replace(target, old)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)
+            raise
         fsync_path(target.parent)
     finally:
         for leftover in (staging, old):
