@@ -9,15 +9,14 @@ Layout of ``<run_dir>/checkpoints/step_00000120/``::
     rng.safetensors   every rank's generator states (metadata holds the non-tensor parts)
     trainer.json      step, loader position, world size, batch size, accumulation, schedule (written last)
 
-Everything is written into ``checkpoints/.tmp-step_00000120-<pid>/``, every file fsynced, then the
-directory is renamed to its final name. A directory whose name starts with ``.tmp-`` is an
-interrupted write; it is never read and is removed at the next start.
+Everything is written into a staging folder ``checkpoints/.tmp-step_00000120.<random>.tmp/``, every file
+fsynced, then the folder is renamed to its final name (``distill.io.atomic_folder``). A folder whose name
+starts with ``.tmp-`` is an interrupted write; it is never read and is removed at the next start.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from distill.io import fsync_path
+from distill.io import TMP_FOLDER_PREFIX, atomic_folder
 from distill.rng import RngState
 from distill.tensorfile import UnreadableFileError
 from distill.tensorfile import load as load_tensors
@@ -34,7 +33,6 @@ from distill.tensorfile import save as save_tensors
 
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step_"
-TMP_PREFIX = ".tmp-"
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
@@ -113,16 +111,10 @@ def remove_incomplete(run_dir: Path) -> list[Path]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    stale = [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX)]
+    stale = [p for p in root.iterdir() if p.name.startswith(TMP_FOLDER_PREFIX)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        fsync_path(path)
-    fsync_path(root)
 
 
 def _rng_parts(rng: list[RngState]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -146,32 +138,14 @@ def write_checkpoint(
 
     ``save_models(tmp_dir)`` writes the ``student/`` (and ``ema/``) folders into the temporary dir.
     """
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(state.step)
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    final = checkpoints_dir(run_dir) / step_dir_name(state.step)
+    with atomic_folder(final) as tmp:  # replaces a step reached again after resuming from an older one
         save_models(tmp)
         torch.save(optimizer, tmp / OPTIMIZER_FILE)
         tensors, meta = _rng_parts(rng)
         save_tensors(tmp / RNG_FILE, tensors, metadata=meta)
         record = {"format_version": FORMAT_VERSION, **asdict(state)}
         (tmp / TRAINER_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():  # resumed from an older checkpoint and reached this step again
-            old = root / f"{TMP_PREFIX}replaced-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_path(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     prune(run_dir, keep_last)
     return final
 

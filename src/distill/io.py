@@ -54,6 +54,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+TMP_FOLDER_PREFIX = ".tmp-"  # atomic_folder's staging and set-aside folders: an interrupted write
+
+
 @contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; on success it replaces ``path`` whole.
@@ -61,15 +64,18 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     An existing folder is first renamed aside, then the staging folder renamed to ``path`` (a folder
     cannot be renamed over a non-empty one): a reader sees the old folder or the new one, never a mix,
     except between the two renames, when it sees neither. An exception, a failed swap included, leaves
-    ``path`` as it was (the old folder is moved back).
+    ``path`` as it was (the old folder is moved back). Both temporary folders are named
+    ``.tmp-<name>.*``; a process killed part way leaves them behind.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f"{TMP_FOLDER_PREFIX}{target.name}.", suffix=".tmp", dir=target.parent)
+    )
     old = staging.with_name(f"{staging.name}.old")
     try:
         yield staging
-        for item in staging.rglob("*"):
+        for item in [*staging.rglob("*"), staging]:
             fsync_path(item)
         if target.exists():
             os.replace(target, old)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -92,3 +94,26 @@ def test_rewriting_a_step_replaces_it(tmp_path: Path) -> None:
     write_checkpoint(tmp_path, replaced, optimizer.state_dict(), [rng.capture()], _save_models, keep_last=0)
     assert read_checkpoint(tmp_path / "checkpoints" / "step_00000005").state == replaced
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005"]
+
+
+def test_a_step_rewritten_with_a_failed_swap_keeps_its_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed run reaching a step again replaces it whole; if the final rename fails (fault injection),
+    the old checkpoint is back in place and readable, and no temporary folder is left."""
+    rng.seed_everything(3)
+    states = [rng.capture()]
+    write_checkpoint(tmp_path, _state(10), {"old": torch.ones(1)}, states, _save_models, keep_last=0)
+    final, rename, failed = tmp_path / "checkpoints" / "step_00000010", os.replace, []
+
+    def swap_fails(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == final and not failed:  # the first rename onto the step folder: the new one
+            failed.append(src)
+            raise OSError("injected: the swap failed")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", swap_fails)
+    with pytest.raises(OSError, match="injected"):
+        write_checkpoint(tmp_path, _state(10), {"new": torch.ones(1)}, states, _save_models, keep_last=0)
+    assert failed and [p.name for p in (tmp_path / "checkpoints").iterdir()] == [final.name]
+    assert set(read_checkpoint(final).optimizer) == {"old"}
