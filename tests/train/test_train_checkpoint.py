@@ -104,7 +104,8 @@ def test_a_step_rewritten_with_a_failed_swap_keeps_its_old_checkpoint(
     rng.seed_everything(3)
     states = [rng.capture()]
     write_checkpoint(tmp_path, _state(10), {"old": torch.ones(1)}, states, _save_models, keep_last=0)
-    final, rename, failed = tmp_path / "checkpoints" / "step_00000010", os.replace, []
+    final, rename = tmp_path / "checkpoints" / "step_00000010", os.replace
+    failed: list[object] = []
 
     def swap_fails(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         if Path(dst) == final and not failed:  # the first rename onto the step folder: the new one
