@@ -19,6 +19,7 @@ from distill.decode.media import MediaError, paired_clips
 from distill.preprocess.check import check_dataset
 from distill.preprocess.extract import ExtractConfig, TeacherJob, extract_features
 from distill.preprocess.organize import OrganizeConfig, organize_images
+from distill.preprocess.pairs import same_aspect
 from distill.preprocess.rejected import read_rejections
 from distill.synthetic import write_paired_folders
 from distill.teachers import load_teacher
@@ -160,3 +161,11 @@ def test_decode_pairs_media_by_relative_path(tmp_path: Path) -> None:
     (tmp_path / "tgt" / "class_0" / "img_0001.jpg").unlink()
     with pytest.raises(MediaError, match="1 without a partner"):
         list(paired_clips(tmp_path / "src", tmp_path / "tgt", SIZE))
+
+
+def test_same_aspect_is_the_one_pairing_shape_rule() -> None:
+    """Images (organize) and videos (subsample_videos) both pair only through it: resolutions may differ,
+    the aspect ratio only within 1% of the source's."""
+    assert same_aspect((48, 32), (96, 64)) and same_aspect((48, 32), (48, 32))
+    assert same_aspect((400, 300), (403, 300)) and not same_aspect((400, 300), (405, 300))  # 0.75% / 1.25%
+    assert not same_aspect((48, 32), (32, 32)) and not same_aspect((32, 48), (48, 32))

@@ -39,12 +39,12 @@ from distill.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLimits, Re
 from distill.preprocess.cli import config_from_args, setup_logging
 from distill.preprocess.dataset_dir import prepare_dataset_dir
 from distill.preprocess.pairs import (
-    ASPECT_TOLERANCE,
     PairPlan,
     Partner,
     pair_csv,
     pair_folders,
     pairing_record,
+    same_aspect,
 )
 from distill.preprocess.rejected import Rejection, write_rejections
 
@@ -180,10 +180,7 @@ def pair_rejection(candidate: Candidate, source: Encoded, target: Encoded | None
         return None
     if target.rejected is not None:
         return f"its target {candidate.partner.relpath}: {target.rejected}"
-    if (
-        abs(source.width * target.height - target.width * source.height)
-        > ASPECT_TOLERANCE * source.width * target.height
-    ):
+    if not same_aspect((source.width, source.height), (target.width, target.height)):
         return (
             f"source is {source.width}x{source.height}, its target {candidate.partner.relpath} "
             f"{target.width}x{target.height}: paired images need the same aspect ratio (one canonical crop)"

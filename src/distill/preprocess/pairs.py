@@ -28,6 +28,13 @@ CSV_HEADER = ("source", "target")
 ASPECT_TOLERANCE = 0.01  # paired sides may differ in resolution, not in shape
 
 
+def same_aspect(source: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether a target's (width, height) has the source's aspect ratio, within ``ASPECT_TOLERANCE`` of it:
+    one canonical crop then covers the same content on both sides."""
+    (w, h), (tw, th) = source, target
+    return abs(w * th - tw * h) <= ASPECT_TOLERANCE * w * th
+
+
 @dataclass(frozen=True)
 class Partner:
     path: Path  # the target file

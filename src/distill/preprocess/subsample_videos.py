@@ -54,7 +54,7 @@ from distill.preprocess.lerobot import (
     match_frames,
     read_info,
 )
-from distill.preprocess.pairs import ASPECT_TOLERANCE, Partner, pair_folders, pairing_record
+from distill.preprocess.pairs import Partner, pair_folders, pairing_record, same_aspect
 from distill.preprocess.rejected import Rejection, write_rejections
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ def pair_mismatch(rel: str, path: Path, partner: Partner) -> str | None:
             f"pair {rel} ({frames} frames) / {partner.relpath} ({target_frames} frames): paired videos need "
             "the same frame count (frame t pairs frame t); trim one to the other"
         )
-    if abs(w * th - tw * h) > ASPECT_TOLERANCE * w * th:
+    if not same_aspect((w, h), (tw, th)):
         return (
             f"pair {rel} ({w}x{h}) / {partner.relpath} ({tw}x{th}): paired videos need the same aspect ratio"
         )
