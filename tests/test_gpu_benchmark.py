@@ -39,7 +39,8 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
         assert row["attention"] == "sdpa" and row["batch"] == plan["train_batch"]
         assert row["gflops_per_step"] > 0 and row["gflops_per_step"] == rows[0]["gflops_per_step"]
         step = row["step_s"]["median"]
-        assert row["images_per_s"] == pytest.approx(plan["train_batch"] / step, rel=1e-2)
+        # images_per_s is rounded to 0.1 (a busy CPU runs the smoke step at ~1.5 images/s)
+        assert row["images_per_s"] == pytest.approx(plan["train_batch"] / step, rel=1e-2, abs=0.05)
         assert row["mfu"] == pytest.approx(row["gflops_per_step"] / 1e3 / step / 0.5, rel=2e-2, abs=1e-3)
         assert row["peak_gpu_memory_gb"] is None  # CPU
 

@@ -60,6 +60,11 @@ def test_two_ranks_learn_and_save_a_loadable_student(reference_run: ReferenceRun
     assert out.features["dinov2"].patch.shape == (2, 7, 7, 32) and out.z.shape == (2, 32)
 
 
+# 8 AdamW steps amplify float reduction-order noise (gloo's sum against one process's) on weights whose
+# gradients are near zero: up to ~8e-5 on some CPUs; the gradient norms are the sharper check.
+WEIGHT_TOLERANCE = 2e-4
+
+
 def _assert_same_training(reference: Path, other: Path, what: str) -> None:
     """Equal final weights, and equal pre-clipping gradient norms at every logged step.
 
@@ -71,7 +76,7 @@ def _assert_same_training(reference: Path, other: Path, what: str) -> None:
     got_weights = load_file(str(other / "student" / "model.safetensors"))
     assert want_weights.keys() == got_weights.keys()
     worst = max(float((want_weights[k] - got_weights[k]).abs().max()) for k in want_weights)
-    assert worst < 5e-5, f"{what}: parameters differ by up to {worst}"
+    assert worst < WEIGHT_TOLERANCE, f"{what}: parameters differ by up to {worst}"
     want, got = records(reference, "train"), records(other, "train")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [2, 4, 6, 8]
     for w, g in zip(want, got, strict=True):
@@ -93,7 +98,7 @@ def test_one_process_matches_two_ranks(reference_run: ReferenceRun, tmp_path: Pa
     _assert_same_training(reference_run.run_dir, tmp_path / "single", "1 process x 8 against 2 ranks x 4")
     reference = load_file(str(reference_run.run_dir / "student" / "model.safetensors"))
     loaded = Student.from_pretrained(tmp_path / "single" / "student").state_dict()
-    assert max(float((reference[k] - v).abs().max()) for k, v in loaded.items()) < 5e-5
+    assert max(float((reference[k] - v).abs().max()) for k, v in loaded.items()) < WEIGHT_TOLERANCE
 
 
 def test_accumulation_matches_one_batch(reference_run: ReferenceRun, tmp_path: Path) -> None:

@@ -90,12 +90,7 @@ def pair_folders(
     source_groups, target_groups = _by_stem(sources), _by_stem(images)
     for stem, group in source_groups.items():
         if len(group) > 1:
-            for rel in group:
-                plan.reject(
-                    "pairs",
-                    rel,
-                    f"{len(group)} source files claim the pair {stem!r}: {', '.join(group)}; rename all but one",
-                )
+            _reject_claims(plan, "pairs", "source", stem, group, "; rename all but one")
             continue
         partners = target_groups.get(stem, [])
         if not partners:
@@ -111,12 +106,7 @@ def pair_folders(
             for rel in group:
                 plan.reject("pairs-target", rel, f"no source {kind} {stem}.* for it")
         elif len(group) > 1:
-            for rel in group:
-                plan.reject(
-                    "pairs-target",
-                    rel,
-                    f"{len(group)} target files claim the pair {stem!r}: {', '.join(group)}",
-                )
+            _reject_claims(plan, "pairs-target", "target", stem, group, "")
         elif len(source_groups[stem]) > 1:
             plan.reject(
                 "pairs-target", group[0], f"its source is ambiguous: {', '.join(source_groups[stem])}"
@@ -193,3 +183,11 @@ def pairing_record(target: Path, csv_file: Path | None, pairs: int) -> dict[str,
         "csv": None if csv_file is None else str(csv_file.resolve()),
         "pairs": pairs,
     }
+
+
+def _reject_claims(plan: PairPlan, stage: str, side: str, stem: str, group: list[str], hint: str) -> None:
+    """Reject every file of ``group``: several files of one side claim the pair ``stem``."""
+    for rel in group:
+        plan.reject(
+            stage, rel, f"{len(group)} {side} files claim the pair {stem!r}: {', '.join(group)}{hint}"
+        )
