@@ -27,8 +27,8 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     extraction = result["extraction"]
     assert extraction["samples"] == plan["images"] and extraction["precision"] == "bf16"
     bare, pipe = extraction["timing"]["reference_seconds"], extraction["timing"]["candidate_seconds"]
-    # the ratio is rounded to 3 digits: 5e-4 is more than 2e-3 of a ratio below 0.25 (a busy machine)
-    assert extraction["ratio"] == pytest.approx(bare["median"] / pipe["median"], rel=2e-3, abs=5e-4)
+    # the ratio and both medians are rounded in the JSON (a busy CPU runs the smoke at a ratio ~0.13-0.3)
+    assert extraction["ratio"] == pytest.approx(bare["median"] / pipe["median"], rel=1e-2, abs=1e-3)
     for name in FIVE:
         cosine = extraction["bf16_vs_fp32_token_cosine"][name]
         assert 0.999 < cosine["mean"] <= 1.0 and cosine["min"] <= cosine["mean"]
