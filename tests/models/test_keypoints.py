@@ -167,9 +167,9 @@ def test_sprites_keep_every_output_a_function_of_z_and_the_search_only_trains() 
     out = student(batch)
     assert out.sprite_search is not None and out.pixels is not None
     # The search reads the decoded image as it stands (sprites drawn) and the encoder's candidates.
-    weights, candidates = student.to_z.keypoint_candidates(
-        student.backbone_tokens(batch), student.grid_of(batch)
-    )
+    _, found = student.to_z.project(student.backbone_tokens(batch), student.grid_of(batch))
+    assert found is not None
+    weights, candidates = found
     assert student.sprites is not None
     expected = student.sprites.search(out.pixels.detach(), batch.float() / 255, weights, candidates)
     torch.testing.assert_close(out.sprite_search, expected)

@@ -31,20 +31,21 @@ class ZProjection(nn.Module):
         self.keypoints = KeypointPooling(width, keypoints) if keypoints else None
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return self.project(tokens, grid)[0]
+
+    def project(
+        self, tokens: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """z, and with keypoints their softmax weights [B, N, K] and candidate positions [B, N, K, 2]
+        from the same pass (what the sprites' search scores), else None."""
         z = self.linear(self.norm(tokens[:, 0]))
         if self.z_norm is not None:
             z = self.z_norm(z)
         if self.keypoints is None:
-            return z
-        return torch.cat([z, points_to_z(self.keypoints(tokens[:, 1:], grid))], dim=1)
-
-    def keypoint_candidates(
-        self, tokens: torch.Tensor, grid: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keypoints' softmax weights [B, N, K] and candidate positions [B, N, K, 2] before pooling."""
-        if self.keypoints is None:
-            raise RuntimeError("this z has no keypoints")
-        return self.keypoints.candidates(tokens[:, 1:], grid)
+            return z, None
+        weights, positions = self.keypoints.candidates(tokens[:, 1:], grid)
+        points = (weights[..., None] * positions).sum(dim=1)
+        return torch.cat([z, points_to_z(points)], dim=1), (weights, positions)
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:

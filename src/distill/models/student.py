@@ -132,7 +132,9 @@ class Student(nn.Module):
 
     def _project(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, Quantized | None]:
         """Backbone tokens -> (z, its quantisation or None); z is the quantised z when there is one."""
-        z = self.to_z(tokens, grid)
+        return self._quantize(self.to_z(tokens, grid))
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, Quantized | None]:
         if self.quantizer is None:
             return z, None
         quantized = self.quantizer(z)
@@ -194,17 +196,17 @@ class Student(nn.Module):
         """Images [B, 3, H, W] (uint8 or float [0, 1], H and W multiples of the patch size) -> all predictions."""
         tokens = self.backbone_tokens(images)
         grid = self.grid_of(images)
-        z, quantized = self._project(tokens, grid)
+        z, candidates = self.to_z.project(tokens, grid)
+        z, quantized = self._quantize(z)
         if self.decoder is not None:
             out = self._heads(z, self.decoder(z, grid))
         else:
             out = self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
         if quantized is not None:
             out.codes, out.commit = quantized.codes, quantized.commit
-        if self.training and self.sprites is not None and out.pixels is not None:
-            weights, candidates = self.to_z.keypoint_candidates(tokens, grid)
+        if self.training and self.sprites is not None and out.pixels is not None and candidates is not None:
             target = to_unit_float(images.to(out.pixels.device))
-            out.sprite_search = self.sprites.search(out.pixels.detach(), target, weights, candidates)
+            out.sprite_search = self.sprites.search(out.pixels.detach(), target, *candidates)
         return out
 
     def predict(
