@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -80,10 +82,27 @@ def test_keypoints_must_leave_room_for_the_summary() -> None:
         make_student(z_keypoints=8)
 
 
-@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
-def test_keypoints_and_a_quantiser_are_refused_together(quantizer: str) -> None:
-    with pytest.raises(ValueError, match=f"z_keypoints=2 with quantizer={quantizer}"):
-        make_student(z_keypoints=2, quantizer=quantizer)
+@pytest.mark.parametrize(
+    ("fits", "misfits", "width"),
+    [
+        (
+            {"quantizer": "fsq", "fsq_levels": (5,) * 4},
+            {"quantizer": "fsq", "fsq_levels": (5,) * 5},
+            "len\\(fsq_levels\\)=5",
+        ),
+        ({"quantizer": "vq", "vq_code_dim": 4}, {"quantizer": "vq", "vq_code_dim": 8}, "vq_code_dim=8"),
+    ],
+)
+def test_a_quantiser_cuts_the_summary_before_the_keypoints(
+    fits: dict[str, Any], misfits: dict[str, Any], width: str
+) -> None:
+    # d_z 16 less 2 x 2 keypoint coordinates leaves a 12-dimensional summary: 4-wide codes fit, 5 or 8 do not
+    student = make_student(z_keypoints=2, **fits)
+    assert student.quantizer is not None and student.quantizer.groups == 3
+    with pytest.raises(ValueError, match=f"12 dimensions\\) is not a multiple of {width}"):
+        make_student(z_keypoints=2, **misfits)
+    with pytest.raises(ValueError, match="keypoint_levels must be >= 2"):
+        make_student(z_keypoints=2, keypoint_levels=1, **fits)
 
 
 def _sprites(count: int, seed: int = 0) -> KeypointSprites:
@@ -119,12 +138,29 @@ def test_the_search_map_is_the_error_change_of_drawing_an_opaque_sprite_there() 
     with torch.no_grad():
         sprites.opacity_logit.fill_(50.0)  # sigmoid -> 1: the search's opaque sprite
         for k in range(2):
-            change = sprites._error_change_map(pixels, target, k, half=10, frozen=True)  # the whole image
+            change = sprites._error_change_map(pixels, target, k, half=10)  # the whole image
             for row, col in [(0, 0), (4, 7), (9, 2)]:
                 point = torch.tensor([[(col + 0.5) / 10, (row + 0.5) / 10]], dtype=torch.float64).expand(2, 2)
                 drawn = sprites._draw(pixels, point, k)
                 brute = (drawn - target).square().sum((1, 2, 3)) - (pixels - target).square().sum((1, 2, 3))
                 torch.testing.assert_close(change[:, 0, row, col], brute, rtol=1e-9, atol=1e-12)
+
+
+def test_the_search_scores_its_one_candidate_twice_once_fitted() -> None:
+    """With a single candidate at a pixel centre, both parts of the search are the brute-force change of
+    drawing the opaque sprite there, and only the fitted part reaches the sprite's colour and size."""
+    sprites = _sprites(1)
+    gen = torch.Generator().manual_seed(3)
+    pixels, target = (torch.rand(2, 3, 10, 10, dtype=torch.float64, generator=gen) for _ in range(2))
+    candidate = torch.tensor([[[[0.45, 0.75]]], [[[0.15, 0.25]]]], dtype=torch.float64)  # [2, 1, 1, 2]
+    search = sprites.search(pixels, target, torch.ones(2, 1, 1, dtype=torch.float64), candidate)
+    drawn = sprites._draw(pixels, candidate[:, 0, 0], 0, opaque=True)
+    brute = ((drawn - target).square() - (pixels - target).square()).sum((1, 2, 3)).mean() / (3 * 10 * 10)
+    torch.testing.assert_close(search, 2 * brute, rtol=1e-3, atol=0.0)  # the map's blur stops at 4 sigma
+    (search_colour,) = torch.autograd.grad(search, sprites.colour)
+    (brute_colour,) = torch.autograd.grad(brute, sprites.colour)
+    torch.testing.assert_close(search_colour, brute_colour)
+    assert float(search_colour.abs().sum()) > 0
 
 
 def test_the_search_pulls_the_softmax_towards_where_a_sprite_helps() -> None:

@@ -70,6 +70,19 @@ def points_from_z(z_points: torch.Tensor) -> torch.Tensor:
     return (z_points / POSITION_SCALE + 0.5).unflatten(1, (-1, 2))
 
 
+def coordinate_level(z_points: torch.Tensor, levels: int) -> torch.Tensor:
+    """z's keypoint coordinates [B, 2K] -> int64 level indices [B, 2K] on a uniform grid of ``levels``
+    cells over the image (level i is [i / levels, (i + 1) / levels)); positions outside the image clamp."""
+    position = z_points.detach().float() / POSITION_SCALE + 0.5
+    return torch.floor(position * levels).clamp(0, levels - 1).long()
+
+
+def level_value(levels_index: torch.Tensor, levels: int) -> torch.Tensor:
+    """Level indices -> z values (float32) of the cells' centres; one formula for quantising and decoding,
+    so codes decode to the quantised z bit for bit. At ``levels`` = image side a centre is a pixel's."""
+    return ((levels_index.float() + 0.5) / levels - 0.5) * POSITION_SCALE
+
+
 def heatmaps(points: torch.Tensor, grid: tuple[int, int], sigma: tuple[float, float]) -> torch.Tensor:
     """Points [B, K, 2] -> Gaussian bumps [B, h*w, K] at ``grid``'s cell centres.
 
@@ -135,32 +148,40 @@ class KeypointSprites(nn.Module):
             pixels, target, weights, candidates = (t.to(dtype) for t in (pixels, target, weights, candidates))
             for k in range(weights.shape[2]):
                 points = candidates[:, :, k]  # [B, N, 2]
-                fixed = _sample(
-                    self._error_change_map(pixels, target, k, half, frozen=True), points
-                )  # [B, N]
-                best = points.detach().gather(1, fixed.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
-                fitted = _sample(self._error_change_map(pixels, target, k, half, frozen=False), best)
-                total = total + (weights[:, :, k] * fixed).sum(1).mean() + fitted.mean()
+                change = _sample(self._error_change_map(pixels, target, k, half), points)  # [B, N]
+                best = points.detach().gather(1, change.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
+                fitted = self._drawn_error_change(pixels, target, best[:, 0], k)
+                total = total + (weights[:, :, k] * change).sum(1).mean() + fitted.mean()
                 pooled = (weights[:, :, k, None] * points).sum(1)
                 pixels = self._draw(pixels, pooled, k).detach()
         return total / (3 * height * width)
 
-    def _alpha(self, points: torch.Tensor, k: int, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """[B, 1, H, W] opacity of sprite k at ``points`` [B, 2]."""
+    def _alpha(
+        self, points: torch.Tensor, k: int, size: tuple[int, int], like: torch.Tensor, opaque: bool = False
+    ) -> torch.Tensor:
+        """[B, 1, H, W] opacity of sprite k at ``points`` [B, 2] (its footprint alone when ``opaque``)."""
         height, width = size
         ys = (torch.arange(height, device=like.device, dtype=like.dtype) + 0.5) / height
         xs = (torch.arange(width, device=like.device, dtype=like.dtype) + 0.5) / width
         radius = self.log_radius[k].exp()
         fx = torch.exp(-0.5 * ((xs - points[:, 0:1]) / radius).square())  # [B, W]
         fy = torch.exp(-0.5 * ((ys - points[:, 1:2]) / radius).square())  # [B, H]
-        return torch.sigmoid(self.opacity_logit[k]) * (fy[:, None, :, None] * fx[:, None, None, :])
+        footprint = fy[:, None, :, None] * fx[:, None, None, :]
+        return footprint if opaque else torch.sigmoid(self.opacity_logit[k]) * footprint
 
-    def _draw(self, pixels: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-        alpha = self._alpha(points, k, (pixels.shape[-2], pixels.shape[-1]), pixels)
+    def _draw(self, pixels: torch.Tensor, points: torch.Tensor, k: int, opaque: bool = False) -> torch.Tensor:
+        alpha = self._alpha(points, k, (pixels.shape[-2], pixels.shape[-1]), pixels, opaque)
         return pixels * (1 - alpha) + self.colour[k].view(1, 3, 1, 1) * alpha
 
+    def _drawn_error_change(
+        self, pixels: torch.Tensor, target: torch.Tensor, points: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """[B] summed squared-error change of drawing sprite k, fully opaque, at ``points`` [B, 2]."""
+        drawn = self._draw(pixels, points, k, opaque=True)
+        return ((drawn - target).square() - (pixels - target).square()).sum((1, 2, 3))
+
     def _error_change_map(
-        self, pixels: torch.Tensor, target: torch.Tensor, k: int, half: int, frozen: bool
+        self, pixels: torch.Tensor, target: torch.Tensor, k: int, half: int
     ) -> torch.Tensor:
         """[B, 1, H, W]: summed squared-error change were sprite k, fully opaque, centred on each pixel.
 
@@ -168,12 +189,9 @@ class KeypointSprites(nn.Module):
         sum_x 2 G d.e + G^2 |e|^2: two Gaussian blurs, cheap at every position at once. The search
         draws the sprite opaque, not at its learned opacity: a sprite that does not yet sit on
         anything learns to fade, which would silence the very signal that moves it onto something.
-        ``half``: the blur kernel's half width in pixels; ``frozen`` stops the gradient into the sprite's
-        colour and size.
+        ``half``: the blur kernel's half width in pixels. No gradient reaches the sprite's colour and size.
         """
-        colour, log_radius = self.colour[k], self.log_radius[k]
-        if frozen:
-            colour, log_radius = colour.detach(), log_radius.detach()
+        colour, log_radius = self.colour[k].detach(), self.log_radius[k].detach()
         e = colour.view(1, 3, 1, 1) - pixels
         cross = ((pixels - target) * e).sum(1, keepdim=True)
         square = e.square().sum(1, keepdim=True)
