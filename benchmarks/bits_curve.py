@@ -1,14 +1,16 @@
 """Bits per frame against fidelity: FSQ and VQ students beside continuous z of the same width and PCA.
 
-The data and recipe of latent_quality.py (PushT episodes, the five tiny teachers' int8 features,
-``model=tiny training=sim``, all five teachers' terms on), shortened so the whole curve fits a
-modest CPU budget: every point is one run of ``--steps`` steps at ``--batch`` frames, the same
-for all, then ``distill.evaluate`` on the held-out episodes (pixel PSNR through z, every
-teacher's cosine from z, the mean image and PCA of the same width). A quantised point is worth
-``codes * log2(vocabulary)`` bits per frame; continuous z and PCA are drawn as lines across the
-plot (their float32 values are 32 bits per dimension).
+The data of latent_quality.py (PushT episodes, the five tiny teachers' int8 features) and the recipe of
+``make demo``: ``preset=sim`` (the tiny student with 4 keypoints in z drawn back as heatmaps and sprites,
+a 96-wide decoder, all five teachers' terms on) with the demo's short-run overrides (pixel term x4,
+warmup a tenth of the run). Every point is one run of ``--steps`` steps at ``--batch`` frames, the same
+for all, then ``distill.evaluate`` on the held-out episodes (pixel PSNR through z, every teacher's
+cosine from z, the mean image and PCA of the same width). With a quantiser, z's summary (d_z - 8
+dimensions) becomes the FSQ/VQ codes and each of the 8 keypoint coordinates one code of
+``model.keypoint_levels`` grid cells, so a point is worth ``sum(log2(vocabulary_i))`` bits per frame;
+continuous z and PCA are drawn as lines across the plot (their float32 values are 32 bits per dimension).
 
-    python benchmarks/bits_curve.py --work /tmp/bits --steps 250
+    python benchmarks/bits_curve.py --work /tmp/bits2 --parallel 1
 """
 
 from __future__ import annotations
@@ -25,21 +27,31 @@ from distill.models.checkpoint import read_config
 from distill.models.quantize import code_layout
 from latent_quality import build_dataset, point, pusht_setup, run_arguments, train
 
-# name -> model overrides (at d_z = 16 each setting makes 4 codes of 4 dimensions); "z": continuous z
+# name -> model overrides; "z": continuous z. At d_z = 32 the summary is 24 dimensions (6 codes of 4) and
+# the 8 keypoint coordinates are 8 codes of 64 levels (48 bits) unless the setting says otherwise.
 SETTINGS: dict[str, tuple[str, ...]] = {
     "z": (),
+    "fsq-2222-kp16": ("model.quantizer=fsq", "model.fsq_levels=[2,2,2,2]", "model.keypoint_levels=16"),
     "fsq-2222": ("model.quantizer=fsq", "model.fsq_levels=[2,2,2,2]"),
-    "fsq-3333": ("model.quantizer=fsq", "model.fsq_levels=[3,3,3,3]"),
     "fsq-5555": ("model.quantizer=fsq", "model.fsq_levels=[5,5,5,5]"),
     "vq-16": ("model.quantizer=vq", "model.vq_code_dim=4", "model.vq_codebook_size=16"),
     "vq-256": ("model.quantizer=vq", "model.vq_code_dim=4", "model.vq_codebook_size=256"),
 }
 
 
-def bits_per_frame(student: Path) -> float | None:
-    """``codes * log2(vocabulary)`` of a trained student's quantiser; None for continuous z."""
-    layout = code_layout(read_config(student))
-    return None if layout is None else layout[0] * math.log2(layout[1])
+def bits_per_frame(student: Path) -> dict[str, Any] | None:
+    """Bits per frame of a trained student's codes, all and the keypoints' share, and the code layout;
+    None for continuous z."""
+    config = read_config(student)
+    layout = code_layout(config)
+    if layout is None:
+        return None
+    coordinates = 2 * config.z_keypoints
+    return {
+        "total": layout.bits_per_frame,
+        "keypoints": coordinates * math.log2(config.keypoint_levels),
+        "layout": layout.to_dict(),
+    }
 
 
 def codebook_use(student: Path) -> dict[str, float]:
@@ -57,15 +69,15 @@ def draw(points: list[dict[str, Any]], d_z: int, path: Path) -> None:
     """PSNR (``path``) and mean teacher patch cosine (``<path>_cosine.png``) against bits per frame;
     continuous z, PCA and the mean image as flat lines across the quantised points' range."""
     quantised = sorted(
-        (p for p in points if p["bits_per_frame"] is not None), key=lambda p: p["bits_per_frame"]
+        (p for p in points if p["bits_per_frame"] is not None), key=lambda p: p["bits_per_frame"]["total"]
     )
-    span = [quantised[0]["bits_per_frame"], quantised[-1]["bits_per_frame"]]
+    span = [quantised[0]["bits_per_frame"]["total"], quantised[-1]["bits_per_frame"]["total"]]
     psnr: dict[str, list[tuple[float, float]]] = {}
     cosine: dict[str, list[tuple[float, float]]] = {}
     for kind in ("fsq", "vq"):
         chosen = [p for p in quantised if p["setting"].startswith(kind)]
-        psnr[kind.upper()] = [(p["bits_per_frame"], p["pixels"]["z"]["psnr_mean"]) for p in chosen]
-        cosine[kind.upper()] = [(p["bits_per_frame"], mean_patch_cos(p)) for p in chosen]
+        psnr[kind.upper()] = [(p["bits_per_frame"]["total"], p["pixels"]["z"]["psnr_mean"]) for p in chosen]
+        cosine[kind.upper()] = [(p["bits_per_frame"]["total"], mean_patch_cos(p)) for p in chosen]
     for p in points:
         if p["bits_per_frame"] is None:
             psnr[f"continuous z, d_z={d_z}"] = [(x, p["pixels"]["z"]["psnr_mean"]) for x in span]
@@ -82,22 +94,19 @@ def draw(points: list[dict[str, Any]], d_z: int, path: Path) -> None:
 
 def main() -> int:
     parser = base_parser("bits_curve", __doc__)
-    run_arguments(parser, episodes=50, steps=250, plot="bits_curve.png")  # 50: 8 train shards for 8 streams
+    run_arguments(parser, episodes=50, steps=600, plot="bits_curve.png")  # 50: 8 train shards for 8 streams
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--dz", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dz", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
-    recipe = (
-        f"model.d_z={args.dz}",
+    recipe = (  # preset=sim (train() adds it) with make demo's overrides (distill/demo/pipeline.py)
         f"training.batch_size={args.batch}",
         "training.calibration_batches=4",
-        # preset=sim without its keypoints (and their sprites) and wider decoder: the recipe this curve
-        # was measured with (a quantiser would round the keypoint positions)
-        "model.z_keypoints=0",
-        "model.keypoint_sprites=false",
-        "model.decoder_dim=null",
-        "model.decoder_heads=null",
+        f"training.warmup_steps={max(1, args.steps // 10)}",
+        f"training.val_every={max(1, args.steps // 4)}",
+        "training.loss.pixel_mse=4",
+        "logging.log_every=10",
     )
 
     def run(name: str) -> Path:
@@ -114,8 +123,9 @@ def main() -> int:
     result = {
         "setup": pusht_setup(
             args,
-            f"model=tiny training=sim model.d_z={args.dz} training.steps={args.steps} "
-            f"training.batch_size={args.batch}, one CPU thread per run",
+            f"preset=sim model.d_z={args.dz} training.steps={args.steps} training.batch_size={args.batch} "
+            f"training.warmup_steps={max(1, args.steps // 10)} training.loss.pixel_mse=4 (make demo's "
+            "overrides), one CPU thread per run",
         )
         | {"settings": {name: list(SETTINGS[name]) for name in args.settings}},
         "points": points,
@@ -124,7 +134,7 @@ def main() -> int:
     summary = [
         {
             "setting": p["setting"],
-            "bits": p["bits_per_frame"],
+            "bits": None if p["bits_per_frame"] is None else round(p["bits_per_frame"]["total"], 1),
             "psnr": round(p["pixels"]["z"]["psnr_mean"], 2),
             "pca": round(p["pixels"]["pca"]["psnr_mean"], 2),
             "cos": round(mean_patch_cos(p), 4),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from student_fixtures import assert_same_output, images, make_config, make_stats, make_student
 
+from distill.codes import CodeLayout
 from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig
@@ -20,6 +21,7 @@ from distill.models.quantize import (
     VectorQuantizer,
     code_histogram,
     code_layout,
+    summary_layout,
     usage_metrics,
 )
 
@@ -76,7 +78,8 @@ def test_codes_round_trip_through_predict_exactly(kind: str) -> None:
     with torch.no_grad():
         z = student.encode(batch)
         codes = student.encode(batch, codes=True)
-        assert codes.dtype == torch.int64 and codes.shape == (4, code_layout(student.config)[0])  # type: ignore[index]
+        layout = code_layout(student.config)
+        assert layout is not None and codes.dtype == torch.int64 and codes.shape == (4, layout.codes)
         assert torch.equal(student.codes_to_z(codes), z)
         assert_same_output(student.predict(codes), student.predict(z), atol=0.0)
         out = student(batch)
@@ -147,9 +150,10 @@ def test_config_checks_the_quantiser_and_round_trips() -> None:
     config = make_config(quantizer="fsq", fsq_levels=[8, 5, 5, 5])
     assert config.fsq_levels == (8, 5, 5, 5)
     assert StudentConfig.from_dict(config.to_dict()) == config
-    assert code_layout(config) == (4, 1000)
+    assert code_layout(config) == CodeLayout.uniform(4, 1000, 4)
+    assert summary_layout(config) == (4, 1000)
     assert code_layout(make_config()) is None
-    with pytest.raises(ValueError, match="d_z=16 is not a multiple of len\\(fsq_levels\\)=3"):
+    with pytest.raises(ValueError, match="16 dimensions\\) is not a multiple of len\\(fsq_levels\\)=3"):
         make_config(quantizer="fsq", fsq_levels=(5, 5, 5))
     with pytest.raises(ValueError, match="levels >= 2"):
         make_config(quantizer="fsq", fsq_levels=(1, 5))
@@ -165,7 +169,7 @@ def test_config_checks_the_quantiser_and_round_trips() -> None:
 
 def test_bad_codes_are_refused() -> None:
     student = make_student(**QUANTIZERS["vq"])
-    with pytest.raises(ValueError, match=r"codes must lie in \[0, 8\)"):
+    with pytest.raises(ValueError, match=r"code 0 must lie in \[0, 8\)"):
         student.predict(torch.full((1, 4), 8))
     with pytest.raises(ValueError, match=r"codes must be integers \[B, 4\]"):
         student.codes_to_z(torch.zeros(1, 3, dtype=torch.int64))

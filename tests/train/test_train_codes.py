@@ -23,11 +23,17 @@ from distill.train.trainer import train
 from distill.train.validate import evaluate
 
 
-def test_validation_reports_the_code_use_of_the_whole_split() -> None:
+@pytest.mark.parametrize("keypoints", [0, 2])
+def test_validation_reports_the_code_use_of_the_whole_split(keypoints: int) -> None:
     torch.manual_seed(0)
     spec = load_teacher("dinov2", "tiny", device="cpu").spec
     config = StudentConfig.from_preset(
-        "tiny", {"dinov2": spec}, image_size=32, quantizer="fsq", fsq_levels=(3, 3, 3, 3)
+        "tiny",
+        {"dinov2": spec},
+        image_size=32,
+        quantizer="fsq",
+        fsq_levels=(3, 3, 3, 3),
+        z_keypoints=keypoints,
     )
     student = Student(config, load_pretrained=False).eval()
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
@@ -50,12 +56,19 @@ def test_validation_reports_the_code_use_of_the_whole_split() -> None:
         student, config, batches, lambda batch, _: batch.targets, LossConfig(), ctx, contextlib.nullcontext
     )
     with torch.no_grad():
-        expected = usage_metrics(code_histogram(student.encode(images, codes=True), 81))
+        codes = student.encode(images, codes=True)
+    groups = (32 - 2 * keypoints) // 4  # use is measured over the summary's codes, not the keypoint cells
+    assert codes.shape[1] == groups + 2 * keypoints
+    expected = usage_metrics(code_histogram(codes[:, :groups], 81))
     assert metrics["codes/perplexity"] == pytest.approx(expected["codes/perplexity"], rel=1e-12)
     assert metrics["codes/dead"] == expected["codes/dead"] > 0.9  # 5 images use few of 81 codes
 
 
-def test_a_vq_run_logs_codebook_use_and_exports_its_codebook(tiny_data: TinyData, tmp_path: Path) -> None:
+@pytest.mark.parametrize("keypoints", [(), ("model.z_keypoints=4", "model.keypoint_sprites=true")])
+def test_a_vq_run_logs_codebook_use_and_exports_its_codebook(
+    tiny_data: TinyData, tmp_path: Path, keypoints: tuple[str, ...]
+) -> None:
+    # with 4 keypoints: 24 summary dimensions (3 codes of 16), 8 coordinates on the 64-level grid
     cfg, resolved = in_process(
         small_run(
             tiny_data,
@@ -64,6 +77,7 @@ def test_a_vq_run_logs_codebook_use_and_exports_its_codebook(tiny_data: TinyData
             "model.quantizer=vq",
             "model.vq_code_dim=8",
             "model.vq_codebook_size=16",
+            *keypoints,
         )
     )
     run_dir = train(cfg, resolved)

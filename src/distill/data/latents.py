@@ -5,7 +5,7 @@
 
     <latents>/latents.json                       manifest: the student checkpoint, splits, videos in order
     <latents>/<split>/<video_id>.safetensors     z, frame_index, timestamp, arrays.<name> (, codes) of one video
-    <latents>/code_table.safetensors             with codes: every code's z values [codes, vocabulary, d_z / codes]
+    <latents>/code_table.safetensors             with codes: every code's z values [codes, vocabulary, width]
 
 A video file is complete when it exists under its final name (written atomically) and names the
 checkpoint fingerprint it was encoded with in its metadata; readers refuse files of another checkpoint,
@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from distill.codes import CodeLayout
 from distill.io import atomic_path, atomic_write_text
 
 FORMAT = "distill-latents"
@@ -46,15 +47,24 @@ def _sha256(path: Path) -> str:
 @dataclass(frozen=True)
 class CheckpointRef:
     """Which student checkpoint the z's came from: its folder, the hashes of its config and weights,
-    and with a quantiser its codes per frame and vocabulary (0 and 0 for continuous z)."""
+    and with a quantiser the layout of its codes (each code's vocabulary and width; None for continuous z)."""
 
     path: str
     config_sha256: str
     weights_sha256: str
     d_z: int
     image_size: int
-    codes: int = 0
-    vocabulary: int = 0
+    layout: CodeLayout | None = None
+
+    @property
+    def codes(self) -> int:
+        """Codes per frame (0: continuous z)."""
+        return 0 if self.layout is None else self.layout.codes
+
+    @property
+    def vocabulary(self) -> int:
+        """The largest code vocabulary (0: continuous z)."""
+        return 0 if self.layout is None else self.layout.vocabulary
 
     @property
     def fingerprint(self) -> str:
@@ -63,7 +73,7 @@ class CheckpointRef:
 
     @classmethod
     def of(
-        cls, checkpoint: Path | str, d_z: int, image_size: int, codes: int = 0, vocabulary: int = 0
+        cls, checkpoint: Path | str, d_z: int, image_size: int, layout: CodeLayout | None = None
     ) -> CheckpointRef:
         """Hash ``config.json`` and ``model.safetensors`` of a student checkpoint folder."""
         folder = Path(checkpoint)
@@ -71,9 +81,7 @@ class CheckpointRef:
         for path in files:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: {folder} is not a student checkpoint folder")
-        return cls(
-            str(folder.resolve()), _sha256(files[0]), _sha256(files[1]), d_z, image_size, codes, vocabulary
-        )
+        return cls(str(folder.resolve()), _sha256(files[0]), _sha256(files[1]), d_z, image_size, layout)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,18 +92,23 @@ class CheckpointRef:
             "image_size": self.image_size,
             "codes": self.codes,
             "vocabulary": self.vocabulary,
+            **({} if self.layout is None else self.layout.to_dict()),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointRef:
+        d_z, codes = int(data["d_z"]), int(data.get("codes", 0))  # no codes: written before quantisers
+        if "vocabularies" in data:
+            layout: CodeLayout | None = CodeLayout(tuple(data["vocabularies"]), tuple(data["widths"]))
+        else:  # written before per-code vocabularies: one vocabulary, z cut evenly
+            layout = CodeLayout.uniform(codes, int(data["vocabulary"]), d_z // codes) if codes else None
         return cls(
             str(data["path"]),
             str(data["config_sha256"]),
             str(data["weights_sha256"]),
-            int(data["d_z"]),
+            d_z,
             int(data["image_size"]),
-            int(data.get("codes", 0)),  # written before quantisers existed: continuous z
-            int(data.get("vocabulary", 0)),
+            layout,
         )
 
 
@@ -157,7 +170,8 @@ def write_video_latents(path: Path, video: VideoLatents, split: str, fingerprint
 
 
 def write_code_table(root: Path | str, table: torch.Tensor, fingerprint: str) -> None:
-    """The z values of every code (``Quantizer.table()``), so a model over codes can turn them back into z."""
+    """The z values of every code (``Quantizer.table()``, [codes, vocabulary, width] zero-padded), so a model
+    over codes can turn them back into z (``CodeLayout.lookup``)."""
     with atomic_path(Path(root) / TABLE_NAME) as tmp:
         save_file(
             {"table": table.float().contiguous()},
@@ -167,9 +181,9 @@ def write_code_table(root: Path | str, table: torch.Tensor, fingerprint: str) ->
 
 
 def read_code_table(root: Path | str, ref: CheckpointRef) -> torch.Tensor:
-    """[codes, vocabulary, d_z / codes] of the latents' checkpoint; refused when it is another's or misshapen."""
+    """[codes, vocabulary, width] of the latents' checkpoint; refused when it is another's or not of its layout."""
     path = Path(root) / TABLE_NAME
-    if not ref.codes:
+    if ref.layout is None:
         raise ValueError(
             f"{root} holds continuous z only: encode it with a student trained with model.quantizer=fsq|vq"
         )
@@ -178,12 +192,15 @@ def read_code_table(root: Path | str, ref: CheckpointRef) -> torch.Tensor:
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
         table = handle.get_tensor("table")
-    expected = (ref.codes, ref.vocabulary, ref.d_z // ref.codes)
-    if meta.get("checkpoint") != ref.fingerprint or tuple(table.shape) != expected:
+    if meta.get("checkpoint") != ref.fingerprint:
         raise ValueError(
-            f"{path}: a table {tuple(table.shape)} of checkpoint {meta.get('checkpoint')}, the manifest says "
-            f"{expected} of {ref.fingerprint}; rerun distill-encode --overwrite"
+            f"{path}: a table of checkpoint {meta.get('checkpoint')}, the manifest says {ref.fingerprint}; "
+            "rerun distill-encode --overwrite"
         )
+    try:
+        ref.layout.check_table(table)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; rerun distill-encode --overwrite") from error
     return table
 
 

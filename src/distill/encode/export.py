@@ -78,8 +78,8 @@ def encode_latents(cfg: EncodeConfig) -> EncodeReport:
     """Load the student on this rank's device and encode; see the module docstring."""
     info = dist.current(cfg.device)
     model = Student.from_pretrained(cfg.checkpoint, device=info.device)
-    codes, vocabulary = code_layout(model.config) or (0, 0)
-    ref = CheckpointRef.of(cfg.checkpoint, model.config.d_z, model.config.image_size, codes, vocabulary)
+    layout = code_layout(model.config)
+    ref = CheckpointRef.of(cfg.checkpoint, model.config.d_z, model.config.image_size, layout)
     return run_encoding(cfg, model, ref, info)
 
 
@@ -87,11 +87,11 @@ def run_encoding(
     cfg: EncodeConfig, model: Student, ref: CheckpointRef, info: dist.DistContext
 ) -> EncodeReport:
     """Encode with an already loaded student (tests and the world-model demo pass theirs)."""
-    layout = code_layout(model.config) or (0, 0)
-    if layout != (ref.codes, ref.vocabulary):
+    layout = code_layout(model.config)
+    if layout != ref.layout:
         raise ValueError(
-            f"{cfg.checkpoint}: the student's codes (per frame, vocabulary) are {layout}, the reference says "
-            f"{(ref.codes, ref.vocabulary)}; build it with CheckpointRef.of(..., codes, vocabulary)"
+            f"{cfg.checkpoint}: the student's codes are {layout}, the reference says {ref.layout}; "
+            "build it with CheckpointRef.of(..., code_layout(student.config))"
         )
     view_manifest = load_manifest(cfg.dataset)
     if view_manifest.kind != "videos":

@@ -41,7 +41,8 @@ class StudentConfig:
     # Each keypoint also drawn onto the pixels as a small sprite (models/keypoints.py KeypointSprites).
     keypoint_sprites: bool = False
     # z as integer codes (models/quantize.py), after z_norm: none | fsq | vq. Each code covers
-    # len(fsq_levels) (fsq) or vq_code_dim (vq) consecutive dimensions of z, which d_z must be a multiple of.
+    # len(fsq_levels) (fsq) or vq_code_dim (vq) consecutive dimensions of z's summary (the d_z - 2 * z_keypoints
+    # dimensions before the keypoints), which must be a multiple of it.
     quantizer: QuantizerKind = "none"
     fsq_levels: tuple[int, ...] = (
         8,
@@ -51,6 +52,9 @@ class StudentConfig:
     )  # fsq: levels of each dimension of a code (vocabulary: their product)
     vq_codebook_size: int = 512  # vq: vectors in each code's codebook (the vocabulary)
     vq_code_dim: int = 8  # vq: dimensions of z per code
+    # With a quantiser, each keypoint coordinate is one code: the cell of a uniform grid of this many levels
+    # over the image (64: one level per pixel at 64 px).
+    keypoint_levels: int = 64
     # Token decoder (bottleneck="cls" only; "none" has no decoder and refuses decoder_dim/decoder_heads,
     # while decoder_depth keeps whatever the model preset says and is not read).
     decoder_dim: int | None = None  # token decoder width; None = backbone width
@@ -69,7 +73,6 @@ class StudentConfig:
             raise ValueError(f"bottleneck must be one of {get_args(Bottleneck)}, got {self.bottleneck!r}")
         if self.z_norm not in get_args(ZNorm):
             raise ValueError(f"z_norm must be one of {get_args(ZNorm)}, got {self.z_norm!r}")
-        self._check_quantizer()
         if self.head not in get_args(HeadKind):
             raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
         if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
@@ -96,11 +99,7 @@ class StudentConfig:
                 f"keypoint_sprites draws the keypoints onto the pixel head's output, but z_keypoints={self.z_keypoints} "
                 f"and pixel_head={self.pixel_head}; set z_keypoints > 0 and pixel_head=true, or keypoint_sprites=false"
             )
-        if self.z_keypoints and self.quantizer != "none":
-            raise ValueError(
-                f"z_keypoints={self.z_keypoints} with quantizer={self.quantizer}: quantising would round the "
-                "keypoint positions the decoder reads back; use one or the other"
-            )
+        self._check_quantizer()  # after z_keypoints: the quantiser splits z at the keypoints
         if self.bottleneck == "none":
             given = [
                 f"{name}={value}"
@@ -147,9 +146,13 @@ class StudentConfig:
             width, what = self.vq_code_dim, f"vq_code_dim={self.vq_code_dim}"
         else:
             return
-        if self.d_z % width:
+        if self.keypoint_levels < 2:
+            raise ValueError(f"keypoint_levels must be >= 2, got {self.keypoint_levels}")
+        summary = self.d_z - 2 * self.z_keypoints
+        if summary % width:
             raise ValueError(
-                f"quantizer={self.quantizer}: d_z={self.d_z} is not a multiple of {what} (the dimensions per code); "
+                f"quantizer={self.quantizer}: z's summary (d_z={self.d_z} less 2 * z_keypoints={self.z_keypoints}, "
+                f"{summary} dimensions) is not a multiple of {what} (the dimensions per code); "
                 "change d_z or the code width"
             )
 

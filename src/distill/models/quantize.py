@@ -1,8 +1,12 @@
 """Discrete z: finite scalar quantisation (FSQ) or a learned codebook (VQ) on the student's z.
 
-z [B, d_z] is cut into ``codes`` groups of ``code_dim`` consecutive dimensions and each group becomes
-one integer of a vocabulary of ``vocabulary`` values, so a frame is ``codes`` integers, i.e.
-``codes * log2(vocabulary)`` bits. The quantised z the decoder reads is a function of the codes alone
+z's summary (its first ``d_z - 2 * z_keypoints`` dimensions) is cut into ``groups`` of ``code_dim``
+consecutive dimensions and each group becomes one integer of a vocabulary of ``vocabulary`` values.
+Keypoint coordinates (z's last ``2 * z_keypoints`` dimensions, models/keypoints.py) are positions the
+decoder draws back, so FSQ's tanh or a codebook would distort them; each is instead the cell of a
+uniform grid of ``keypoint_levels`` levels over the image, one code per coordinate. A frame is therefore
+codes of two vocabularies, described by a :class:`~distill.codes.CodeLayout`, and worth
+``sum(log2(vocabulary_i))`` bits. The quantised z the decoder reads is a function of the codes alone
 (:meth:`Quantizer.decode`): its forward value is exactly ``decode(codes)``, bit for bit, and its
 gradient passes straight through to the continuous z (``q + (x - x.detach())`` is ``q`` exactly in
 the forward pass, where the textbook ``x + (q - x).detach()`` is only ``q`` up to rounding).
@@ -23,7 +27,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from distill.codes import CodeLayout
 from distill.models.config import StudentConfig
+from distill.models.keypoints import coordinate_level, level_value
 from distill.models.znorm import _global_sum
 
 VQ_DECAY = 0.95  # EMA of the codebook statistics: ~20 steps, so short runs track a moving encoder
@@ -35,41 +41,81 @@ VQ_DEAD_SHARE = 1.0 / 16
 @dataclass
 class Quantized:
     z: torch.Tensor  # float32 [B, d_z]: forward value exactly decode(codes), gradient straight-through
-    codes: torch.Tensor  # int64 [B, codes]
-    commit: torch.Tensor | None  # VQ commitment loss ||x - sg(q)||^2 (scalar); None for FSQ
+    codes: torch.Tensor  # int64 [B, codes]: the summary's groups, then one per keypoint coordinate
+    commit: torch.Tensor | None  # VQ commitment loss ||x - sg(q)||^2 of the summary (scalar); None for FSQ
+
+
+def _layout(groups: int, vocabulary: int, code_dim: int, coordinates: int, levels: int) -> CodeLayout:
+    """The summary's ``groups`` codes, then one code of ``levels`` values per keypoint coordinate."""
+    return CodeLayout(
+        (vocabulary,) * groups + (levels,) * coordinates, (code_dim,) * groups + (1,) * coordinates
+    )
 
 
 class Quantizer(nn.Module, ABC):
-    """The interface of both quantisers: z -> :class:`Quantized`, codes -> quantised z."""
+    """z -> :class:`Quantized` and codes -> quantised z, for both quantisers.
 
-    def __init__(self, d_z: int, code_dim: int, vocabulary: int) -> None:
+    The subclass quantises the summary (:meth:`_summary`, :meth:`_decode_summary`); the keypoint
+    coordinates go through the one grid here. ``groups`` and ``vocabulary`` are the summary's (what
+    codebook use is measured over); ``layout`` describes every code of a frame.
+    """
+
+    def __init__(
+        self, d_z: int, code_dim: int, vocabulary: int, keypoints: int = 0, keypoint_levels: int = 64
+    ) -> None:
         super().__init__()
-        if d_z % code_dim:
-            raise ValueError(f"d_z {d_z} is not a multiple of the code width {code_dim}")
-        self.d_z, self.code_dim, self.codes, self.vocabulary = d_z, code_dim, d_z // code_dim, vocabulary
+        summary = d_z - 2 * keypoints
+        if summary <= 0 or summary % code_dim:
+            raise ValueError(
+                f"z's summary ({d_z} - 2 * {keypoints} keypoints = {summary} dimensions) is not a positive "
+                f"multiple of the code width {code_dim}"
+            )
+        self.d_z, self.summary_dims, self.code_dim = d_z, summary, code_dim
+        self.groups, self.vocabulary, self.keypoint_levels = summary // code_dim, vocabulary, keypoint_levels
+        self.layout = _layout(self.groups, vocabulary, code_dim, 2 * keypoints, keypoint_levels)
 
     @property
     def bits_per_frame(self) -> float:
-        return self.codes * math.log2(self.vocabulary)
+        return self.layout.bits_per_frame
 
-    def check_codes(self, codes: torch.Tensor) -> None:
-        if codes.ndim != 2 or codes.shape[1] != self.codes or codes.is_floating_point():
-            raise ValueError(
-                f"codes must be integers [B, {self.codes}], got {codes.dtype} {tuple(codes.shape)}"
-            )
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocabulary):
-            raise ValueError(
-                f"codes must lie in [0, {self.vocabulary}), got [{int(codes.min())}, {int(codes.max())}]"
-            )
+    def forward(self, z: torch.Tensor) -> Quantized:
+        summary, codes, commit = self._summary(z[:, : self.summary_dims])
+        if self.summary_dims == self.d_z:
+            return Quantized(summary, codes, commit)
+        x = z[:, self.summary_dims :].float()
+        levels = coordinate_level(x, self.keypoint_levels)
+        points = level_value(levels, self.keypoint_levels) + (x - x.detach())
+        return Quantized(torch.cat([summary, points], 1), torch.cat([codes, levels], 1), commit)
 
-    @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes [B, codes] -> the quantised z [B, d_z] (float32)."""
+        if codes.ndim != 2 or codes.shape[1] != self.layout.codes or codes.is_floating_point():
+            raise ValueError(f"codes must be integers [B, {self.layout.codes}], got {tuple(codes.shape)}")
+        self.layout.check(codes)
+        codes = codes.to(self._device())
+        summary = self._decode_summary(codes[:, : self.groups])
+        return torch.cat([summary, level_value(codes[:, self.groups :], self.keypoint_levels)], 1)
+
+    @abstractmethod
+    def _summary(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The summary [B, summary_dims] -> (quantised values, straight-through; codes [B, groups]; commit)."""
+
+    @abstractmethod
+    def _decode_summary(self, codes: torch.Tensor) -> torch.Tensor:
+        """The summary's codes [B, groups] (already checked) -> its quantised values [B, summary_dims]."""
 
     def table(self) -> torch.Tensor:
-        """Every code's values: [codes, vocabulary, code_dim] (what a world model over codes rolls out with)."""
-        every = torch.arange(self.vocabulary, device=self._device()).expand(self.codes, -1).T
-        return self.decode(every).reshape(self.vocabulary, self.codes, self.code_dim).transpose(0, 1)
+        """Every code's z values: [codes, vocabulary, width] in the layout's shape, zero where a code has no
+        such value or dimension (``CodeLayout.lookup`` reads it; what a world model over codes rolls out with)."""
+        layout, device = self.layout, self._device()
+        table = torch.zeros(layout.codes, layout.vocabulary, layout.width, device=device)
+        every = torch.arange(self.vocabulary, device=device).expand(self.groups, -1).T
+        summary = self._decode_summary(every).reshape(self.vocabulary, self.groups, self.code_dim)
+        table[: self.groups, : self.vocabulary, : self.code_dim] = summary.transpose(0, 1)
+        if self.summary_dims < self.d_z:
+            levels = torch.arange(self.keypoint_levels, device=device)
+            table[self.groups :, : self.keypoint_levels, 0] = level_value(levels, self.keypoint_levels)
+        return table
 
     def _device(self) -> torch.device:
         return next(iter(self.buffers())).device
@@ -84,8 +130,10 @@ class FiniteScalarQuantizer(Quantizer):
     levels: torch.Tensor
     radix: torch.Tensor
 
-    def __init__(self, d_z: int, levels: tuple[int, ...]) -> None:
-        super().__init__(d_z, len(levels), math.prod(levels))
+    def __init__(
+        self, d_z: int, levels: tuple[int, ...], keypoints: int = 0, keypoint_levels: int = 64
+    ) -> None:
+        super().__init__(d_z, len(levels), math.prod(levels), keypoints, keypoint_levels)
         radix = [math.prod(levels[:i]) for i in range(len(levels))]
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.float32), persistent=False)
         self.register_buffer("radix", torch.tensor(radix, dtype=torch.int64), persistent=False)
@@ -94,17 +142,16 @@ class FiniteScalarQuantizer(Quantizer):
         """Level indices 0..L-1 -> values in [-1, 1] (one formula for encode and decode: equal bits)."""
         return index * 2 / (self.levels - 1) - 1
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        x = torch.tanh(z.float()).reshape(z.shape[0], self.codes, self.code_dim)
+    def _summary(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x = torch.tanh(z.float()).reshape(z.shape[0], self.groups, self.code_dim)
         index = torch.round((x.detach() + 1) * (self.levels - 1) / 2)
         quantised = self._values(index) + (x - x.detach())
         codes = (index.long() * self.radix).sum(-1)
-        return Quantized(quantised.reshape(z.shape[0], self.d_z), codes, None)
+        return quantised.reshape(z.shape[0], self.summary_dims), codes, None
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        self.check_codes(codes)
-        digits = (codes.to(self.radix.device)[..., None] // self.radix) % self.levels.long()
-        return self._values(digits.float()).reshape(codes.shape[0], self.d_z)
+    def _decode_summary(self, codes: torch.Tensor) -> torch.Tensor:
+        digits = (codes[..., None] // self.radix) % self.levels.long()
+        return self._values(digits.float()).reshape(codes.shape[0], self.summary_dims)
 
 
 class VectorQuantizer(Quantizer):
@@ -122,29 +169,30 @@ class VectorQuantizer(Quantizer):
     counts: torch.Tensor
     sums: torch.Tensor
 
-    def __init__(self, d_z: int, code_dim: int, vocabulary: int) -> None:
-        super().__init__(d_z, code_dim, vocabulary)
-        self.register_buffer("codebook", torch.randn(self.codes, vocabulary, code_dim))
-        self.register_buffer("counts", torch.zeros(self.codes, vocabulary))  # EMA assignments per step
-        self.register_buffer("sums", torch.zeros(self.codes, vocabulary, code_dim))  # EMA assigned sums
+    def __init__(
+        self, d_z: int, code_dim: int, vocabulary: int, keypoints: int = 0, keypoint_levels: int = 64
+    ) -> None:
+        super().__init__(d_z, code_dim, vocabulary, keypoints, keypoint_levels)
+        self.register_buffer("codebook", torch.randn(self.groups, vocabulary, code_dim))
+        self.register_buffer("counts", torch.zeros(self.groups, vocabulary))  # EMA assignments per step
+        self.register_buffer("sums", torch.zeros(self.groups, vocabulary, code_dim))  # EMA assigned sums
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        x = z.float().reshape(z.shape[0], self.codes, self.code_dim)
-        distances = torch.cdist(x.detach().transpose(0, 1), self.codebook)  # [codes, B, vocabulary]
-        codes = distances.argmin(-1).T  # [B, codes]
+    def _summary(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x = z.float().reshape(z.shape[0], self.groups, self.code_dim)
+        distances = torch.cdist(x.detach().transpose(0, 1), self.codebook)  # [groups, B, vocabulary]
+        codes = distances.argmin(-1).T  # [B, groups]
         quantised = self._lookup(codes)
         commit = F.mse_loss(x, quantised)
         if self.training and torch.is_grad_enabled():
             self._update(x.detach(), codes)
-        return Quantized((quantised + (x - x.detach())).reshape(z.shape[0], self.d_z), codes, commit)
+        return (quantised + (x - x.detach())).reshape(z.shape[0], self.summary_dims), codes, commit
 
     def _lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, codes] -> codebook vectors [B, codes, code_dim] (a copy)."""
-        return self.codebook[torch.arange(self.codes, device=codes.device), codes]
+        """codes [B, groups] -> codebook vectors [B, groups, code_dim] (a copy)."""
+        return self.codebook[torch.arange(self.groups, device=codes.device), codes]
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        self.check_codes(codes)
-        return self._lookup(codes.to(self.codebook.device)).reshape(codes.shape[0], self.d_z)
+    def _decode_summary(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._lookup(codes).reshape(codes.shape[0], self.summary_dims)
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
@@ -175,21 +223,35 @@ class VectorQuantizer(Quantizer):
 
 
 def build_quantizer(config: StudentConfig) -> Quantizer | None:
-    """The quantiser ``config.quantizer`` names (None for ``"none"``)."""
+    """The quantiser ``config.quantizer`` names (None for ``"none"``), keypoint coordinates on their grid."""
+    keypoints, levels = config.z_keypoints, config.keypoint_levels
     if config.quantizer == "fsq":
-        return FiniteScalarQuantizer(config.d_z, config.fsq_levels)
+        return FiniteScalarQuantizer(config.d_z, config.fsq_levels, keypoints, levels)
     if config.quantizer == "vq":
-        return VectorQuantizer(config.d_z, config.vq_code_dim, config.vq_codebook_size)
+        return VectorQuantizer(config.d_z, config.vq_code_dim, config.vq_codebook_size, keypoints, levels)
     return None
 
 
-def code_layout(config: StudentConfig) -> tuple[int, int] | None:
-    """(codes per frame, vocabulary) of the config's quantiser; None without one."""
+def summary_layout(config: StudentConfig) -> tuple[int, int] | None:
+    """(codes, vocabulary) of the config's summary quantiser, the codes whose use is logged (the first
+    ``codes`` of a frame; the keypoint grid's cells are positions, not a codebook); None without one."""
     if config.quantizer == "fsq":
-        return config.d_z // len(config.fsq_levels), math.prod(config.fsq_levels)
-    if config.quantizer == "vq":
-        return config.d_z // config.vq_code_dim, config.vq_codebook_size
-    return None
+        width, vocabulary = len(config.fsq_levels), math.prod(config.fsq_levels)
+    elif config.quantizer == "vq":
+        width, vocabulary = config.vq_code_dim, config.vq_codebook_size
+    else:
+        return None
+    return (config.d_z - 2 * config.z_keypoints) // width, vocabulary
+
+
+def code_layout(config: StudentConfig) -> CodeLayout | None:
+    """Every code of a frame of the config's quantiser (what ``Quantizer.layout`` is); None without one."""
+    summary = summary_layout(config)
+    if summary is None:
+        return None
+    groups, vocabulary = summary
+    width = (config.d_z - 2 * config.z_keypoints) // groups
+    return _layout(groups, vocabulary, width, 2 * config.z_keypoints, config.keypoint_levels)
 
 
 def code_histogram(codes: torch.Tensor, vocabulary: int) -> torch.Tensor:

@@ -117,7 +117,8 @@ class Student(nn.Module):
     def encode(self, images: torch.Tensor, codes: bool = False) -> torch.Tensor:
         """Images [B, 3, H, W] -> z [B, d_z], the compact representation (no decoder or heads run).
 
-        With a quantiser z is the quantised z, and ``codes=True`` gives its integer codes [B, codes] instead.
+        With a quantiser z is the quantised z, and ``codes=True`` gives its integer codes [B, codes] instead
+        (the summary's codes, then one per keypoint coordinate: ``quantizer.layout`` says each one's vocabulary).
         """
         z, quantized = self._project(self.backbone_tokens(images), self.grid_of(images))
         if not codes:
@@ -141,7 +142,8 @@ class Student(nn.Module):
         return quantized.z, quantized
 
     def codes_to_z(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes [B, codes] -> the quantised z [B, d_z] they stand for (exactly what ``encode`` gives)."""
+        """Integer codes [B, codes] -> the quantised z [B, d_z] they stand for (exactly what ``encode`` gives);
+        a code outside its own vocabulary is refused."""
         if self.quantizer is None:
             raise ValueError("this student has no quantiser (model.quantizer=none): codes mean nothing to it")
         return self.quantizer.decode(codes.to(self.device))

@@ -122,7 +122,7 @@ class _Window:
     micro_batches: int = 0
     steps: int = 0
     seconds: float = 0.0
-    codes: torch.Tensor | None = None  # histogram of the quantiser's codes [codes, vocabulary]
+    codes: torch.Tensor | None = None  # histogram of the summary quantiser's codes [groups, vocabulary]
 
     def add(self, breakdown: LossBreakdown, codes: torch.Tensor | None) -> None:
         for name, value in {"loss": breakdown.total.detach(), **breakdown.terms}.items():
@@ -341,7 +341,8 @@ class Trainer:
         quantizer = self.student.quantizer
         if output.codes is None or quantizer is None:
             return breakdown, None
-        return breakdown, code_histogram(output.codes.detach(), quantizer.vocabulary)
+        summary = output.codes.detach()[:, : quantizer.groups]  # keypoint cells are positions, not a codebook
+        return breakdown, code_histogram(summary, quantizer.vocabulary)
 
     def _optimizer_step(self, stream: Iterator[Batch], window: _Window) -> tuple[float, float | None]:
         """``grad_accum`` micro-batches, clip, step, EMA; returns (lr used, grad norm before clipping)."""

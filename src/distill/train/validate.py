@@ -21,7 +21,7 @@ from distill.distributed import DistContext, all_reduce_sum
 from distill.features import TeacherOutput
 from distill.losses import LossConfig, distillation_loss
 from distill.models.config import StudentConfig
-from distill.models.quantize import code_histogram, code_layout, usage_metrics
+from distill.models.quantize import code_histogram, summary_layout, usage_metrics
 from distill.train.teacher_source import TeacherEncoderConfig
 
 TargetFn = Callable[[Batch, torch.Tensor], dict[str, TeacherOutput]]  # (batch, images on device) -> targets
@@ -66,7 +66,7 @@ def evaluate(
     names = metric_names(config)
     index = {name: i for i, name in enumerate(names)}
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-    layout = code_layout(config) if isinstance(config, StudentConfig) else None
+    layout = summary_layout(config) if isinstance(config, StudentConfig) else None  # the summary's use
     codes = None if layout is None else torch.zeros(layout, dtype=torch.float64)
     was_training = model.training
     model.eval()
@@ -95,7 +95,7 @@ def evaluate(
             for name, value in add.items():
                 sums[index[name]] += float(value)
             if codes is not None and output.codes is not None:
-                codes += code_histogram(output.codes, codes.shape[1]).cpu()
+                codes += code_histogram(output.codes[:, : codes.shape[0]], codes.shape[1]).cpu()
             sums[-1] += size
     finally:
         model.train(was_training)

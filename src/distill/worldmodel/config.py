@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
+from distill.codes import CodeLayout
+
 Target = Literal["z", "codes"]
 
 
@@ -21,18 +23,22 @@ class WorldModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     target: Target = "z"  # z: regress the next z | codes: classify the next frame's codes (cross-entropy)
-    codes: int = 0  # codes per frame and their vocabulary (target="codes"; from the latent dataset)
-    vocabulary: int = 0
+    # target="codes": each code's vocabulary and z width, in code order (the latent dataset's CodeLayout)
+    vocabularies: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "vocabularies", tuple(int(v) for v in self.vocabularies))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if self.target not in get_args(Target):
             raise ValueError(f"target must be one of {get_args(Target)}, got {self.target!r}")
-        if (self.target == "codes") != (self.codes > 0 and self.vocabulary > 1):
+        if (self.target == "codes") != bool(self.vocabularies):
             raise ValueError(
-                f"target={self.target!r} with codes={self.codes}, vocabulary={self.vocabulary}: codes need both, z neither"
+                f"target={self.target!r} with vocabularies={list(self.vocabularies)}: codes need a code layout, z none"
             )
-        if self.codes and self.d_z % self.codes:
-            raise ValueError(f"d_z {self.d_z} is not a multiple of codes {self.codes}")
+        layout = self.layout
+        if layout is not None and layout.d_z != self.d_z:
+            raise ValueError(f"the codes' widths {list(self.widths)} sum to {layout.d_z}, not d_z {self.d_z}")
         if (
             min(self.d_z, self.history, self.frame_skip, self.width, self.depth, self.heads, self.mlp_ratio)
             < 1
@@ -43,11 +49,21 @@ class WorldModelConfig:
         if (self.action is None) != (self.action_dim == 0):
             raise ValueError(f"action {self.action!r} and action_dim {self.action_dim}: both set or neither")
 
+    @property
+    def layout(self) -> CodeLayout | None:
+        """The codes' layout (target="codes"); None for target="z"."""
+        return CodeLayout(self.vocabularies, self.widths) if self.vocabularies else None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
+        data = dict(data)
+        codes, vocabulary = int(data.pop("codes", 0)), int(data.pop("vocabulary", 0))
+        if codes:  # written before per-code vocabularies: one vocabulary, z cut evenly
+            layout = CodeLayout.uniform(codes, vocabulary, int(data["d_z"]) // codes)
+            data |= {"vocabularies": layout.vocabularies, "widths": layout.widths}
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown world-model config keys {sorted(unknown)}")

@@ -3,7 +3,9 @@
 Token t is ``Linear(z_t normalised) + Linear(a_t normalised) + position t``; causal self-attention
 lets position t see tokens 0..t; the head predicts the normalised change ``z_{t+1} - z_t``, added
 back to z_t, or (``target="codes"``, latents of a quantised student) logits over each code of frame
-t+1, whose most likely codes become the next z through the student's code table (a buffer).
+t+1, whose most likely codes become the next z through the student's code table (a buffer). Codes
+may have different vocabularies (a quantised summary, then keypoint grid cells): every code gets a
+row of the largest vocabulary's logits, with the values it cannot take masked to -inf.
 Normalisation constants (per-dimension mean/std of z and of the actions over the training split)
 are buffers, so they travel with the weights. Open-loop rollouts feed predictions
 back in, keeping the last ``history`` z's.
@@ -30,6 +32,7 @@ class LatentWorldModel(nn.Module):
     a_mean: torch.Tensor
     a_std: torch.Tensor
     code_table: torch.Tensor
+    code_valid: torch.Tensor
 
     def __init__(self, config: WorldModelConfig) -> None:
         super().__init__()
@@ -47,7 +50,9 @@ class LatentWorldModel(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.width)
-        self.head = nn.Linear(config.width, config.codes * config.vocabulary if config.codes else config.d_z)
+        self.layout = config.layout
+        outputs = config.d_z if self.layout is None else self.layout.codes * self.layout.vocabulary
+        self.head = nn.Linear(config.width, outputs)
         nn.init.normal_(self.position, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -55,10 +60,11 @@ class LatentWorldModel(nn.Module):
         self.register_buffer("z_std", torch.ones(config.d_z))
         self.register_buffer("a_mean", torch.zeros(config.action_dim))
         self.register_buffer("a_std", torch.ones(config.action_dim))
-        if config.codes:
-            self.register_buffer(
-                "code_table", torch.zeros(config.codes, config.vocabulary, config.d_z // config.codes)
-            )
+        if self.layout is not None:
+            layout = self.layout
+            self.register_buffer("code_table", torch.zeros(layout.codes, layout.vocabulary, layout.width))
+            # derived from the config, so not saved: checkpoints keep the keys of one-vocabulary layouts
+            self.register_buffer("code_valid", layout.valid(), persistent=False)
 
     def set_normalization(self, z: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Per-dimension mean/std (floored at 1e-6) from training rows z [N, d_z], actions [N, A]."""
@@ -70,17 +76,18 @@ class LatentWorldModel(nn.Module):
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """z [B, T, d_z], actions [B, T, A] (T <= history) -> predicted next z [B, T, d_z]."""
-        if not self.config.codes:
+        if self.layout is None:
             return z + self.head(self._hidden(z, actions)) * self.z_std
         codes = self.code_logits(z, actions).argmax(-1)  # the most likely codes, as their z
-        return self.code_table[torch.arange(self.config.codes, device=z.device), codes].flatten(-2)
+        return self.layout.lookup(self.code_table, codes)
 
     def code_logits(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
-        """target="codes": z [B, T, d_z], actions -> logits [B, T, codes, vocabulary] of frame t+1's codes."""
-        if not self.config.codes:
+        """target="codes": z [B, T, d_z], actions -> logits [B, T, codes, vocabulary] of frame t+1's codes,
+        -inf at the values a code cannot take (vocabulary is the largest of the codes')."""
+        if self.layout is None:
             raise ValueError("this world model regresses z (target='z'); it has no code logits")
-        out = self.head(self._hidden(z, actions))
-        return out.unflatten(-1, (self.config.codes, self.config.vocabulary))
+        out = self.head(self._hidden(z, actions)).unflatten(-1, (self.layout.codes, self.layout.vocabulary))
+        return out.masked_fill(~self.code_valid, float("-inf"))
 
     def _hidden(self, z: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         steps = z.shape[1]

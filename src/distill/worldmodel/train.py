@@ -90,16 +90,24 @@ def next_z_loss(model: LatentWorldModel, z: torch.Tensor, actions: torch.Tensor 
 def next_code_loss(
     model: LatentWorldModel, z: torch.Tensor, codes: torch.Tensor, actions: torch.Tensor | None
 ) -> torch.Tensor:
-    """Teacher forcing on windows z [B, H + 1, d_z] with their codes [B, H + 1, n]: cross-entropy of codes[:, 1:]."""
+    """Teacher forcing on windows z [B, H + 1, d_z] with their codes [B, H + 1, n]: cross-entropy of codes[:, 1:].
+
+    Each code's logits cover only its own vocabulary (the rest is -inf); a target outside it is refused
+    rather than scored as an infinite loss."""
+    if model.layout is None:
+        raise ValueError("this world model regresses z (target='z'); it has no code logits")
     history = z.shape[1] - 1
+    targets = codes[:, 1:]
+    model.layout.check(targets)
     logits = model.code_logits(z[:, :history], None if actions is None else actions[:, :history])
-    return F.cross_entropy(logits.flatten(0, 2), codes[:, 1:].flatten())
+    return F.cross_entropy(logits.flatten(0, 2), targets.flatten())
 
 
 def _build(cfg: TrainConfig, clips: LatentClips) -> LatentWorldModel:
     """A fresh model of this config, normalised on the training windows (the same on every start)."""
     ref = clips.manifest.checkpoint
     table = read_code_table(cfg.latents, ref) if cfg.target == "codes" else None
+    layout = ref.layout if table is not None else None
     config = WorldModelConfig(
         ref.d_z,
         clips.manifest.arrays[cfg.action] * cfg.frame_skip if cfg.action else 0,
@@ -111,8 +119,8 @@ def _build(cfg: TrainConfig, clips: LatentClips) -> LatentWorldModel:
         cfg.heads,
         dropout=cfg.dropout,
         target=cfg.target,
-        codes=ref.codes if table is not None else 0,
-        vocabulary=ref.vocabulary if table is not None else 0,
+        vocabularies=layout.vocabularies if layout else (),
+        widths=layout.widths if layout else (),
     )
     model = LatentWorldModel(config)
     if table is not None:
