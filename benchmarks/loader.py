@@ -127,27 +127,32 @@ def _status_kib(field: str) -> int:
 
 def _rss_child(cfg: LoaderConfig, batches: int, queue: Any) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    before = _status_kib("VmRSS")  # the interpreter with torch imported
+    before, anon_before = _status_kib("VmRSS"), _status_kib("RssAnon")  # the interpreter with torch imported
+    anon_peak = anon_before
     for batch in itertools.islice(train_batches(cfg), batches):
         del batch
-    queue.put((before, _status_kib("VmHWM")))
+        anon_peak = max(anon_peak, _status_kib("RssAnon"))
+    queue.put((before, _status_kib("VmHWM"), anon_before, anon_peak))
 
 
 def peak_rss_mb(cfg: LoaderConfig, batches: int) -> dict[str, float]:
     """Peak RSS of a fresh process serving ``batches`` batches (num_workers=0: one process holds it all).
 
-    Linux only: the peak is /proc/self/status VmHWM, reset before the loader starts.
+    Linux only: the peak is /proc/self/status VmHWM, reset before the loader starts. RSS counts the
+    pages of the feature shards the loader maps (page cache, reclaimable); ``anon`` is the process's
+    own memory (RssAnon, sampled after every batch), which the shuffle-buffer bound is about.
     """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_rss_child, args=(cfg, batches, queue))
     child.start()
-    before, peak = queue.get()
+    before, peak, anon_before, anon_peak = queue.get()
     child.join()
     return {
         "rss_before_loader_mb": round(before / 1024, 1),
         "peak_rss_mb": round(peak / 1024, 1),
         "loader_peak_mb": round((peak - before) / 1024, 1),
+        "loader_peak_anon_mb": round((anon_peak - anon_before) / 1024, 1),
     }
 
 

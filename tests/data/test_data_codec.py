@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -208,3 +211,71 @@ def test_outlier_tokens_blob_and_both_decoding_paths() -> None:
         encode_batch(["a"], "dinov2", x[:1], None, "fp16", 2)
     with pytest.raises(ValueError, match=r"outlier_tokens=16 must be in \[0, 16\)"):
         encode_batch(["a"], "dinov2", x[:1], None, "int8", 16)
+
+
+def test_writable_blobs_are_parsed_as_views_equal_to_the_library() -> None:
+    """The training loader parses blobs it mapped (writable views) without copying: the same
+    tensors, dtypes and shapes as the safetensors library reads from bytes, for every storage and
+    with outlier tokens; a blob whose header does not tile its data is refused as corrupt."""
+    import json
+    import struct
+
+    from distill.data.codec import parse_sample
+
+    patch, cls = torch.randn(3, 4, 5, 6), torch.randn(3, 7)
+    blobs = [
+        *encode_batch(["a", "b", "c"], "clip", patch, cls, "int8", 2),
+        *encode_batch(["a", "b", "c"], "dinov2", patch, cls, "bf16"),
+        *encode_batch(["a", "b", "c"], "mae", patch, None, "fp16"),
+    ]
+    for blob in blobs:
+        copied = parse_sample(blob, "x")
+        for writable in (bytearray(blob), memoryview(bytearray(blob))):
+            viewed = parse_sample(writable, "x")
+            assert (viewed.key, viewed.teacher, viewed.storage) == (
+                copied.key,
+                copied.teacher,
+                copied.storage,
+            )
+            for field in ("patch", "scale", "cls", "outlier_index", "outlier_patch"):
+                a, b = getattr(copied, field), getattr(viewed, field)
+                assert (a is None) == (b is None), field
+                if a is not None:
+                    assert a.dtype == b.dtype and torch.equal(a, b), field
+        buffer = bytearray(blob)
+        viewed, start = parse_sample(buffer, "x"), torch.frombuffer(buffer, dtype=torch.uint8).data_ptr()
+        assert start < viewed.patch.data_ptr() < start + len(blob)  # a view of the blob's bytes, no copy
+
+    (length,) = struct.unpack("<Q", blobs[0][:8])
+    header = json.loads(blobs[0][8 : 8 + length])
+    data = blobs[0][8 + length :]
+
+    def rebuilt(change: Callable[[dict[str, Any]], None], tail: bytes = b"", cut: int = 0) -> bytearray:
+        edited = json.loads(json.dumps(header))
+        change(edited)
+        text = json.dumps(edited).encode()
+        return bytearray(struct.pack("<Q", len(text)) + text + data[: len(data) - cut] + tail)
+
+    def overlap(h: dict[str, Any]) -> None:  # the last tensor starts 2 bytes early; the data is 2 shorter
+        last = max((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][1])
+        h[last]["data_offsets"] = [o - 2 for o in h[last]["data_offsets"]]
+
+    def shift(h: dict[str, Any]) -> None:
+        h["patch"]["data_offsets"] = [h["patch"]["data_offsets"][0] + 1, h["patch"]["data_offsets"][1] + 1]
+
+    def dtype(h: dict[str, Any]) -> None:
+        h["patch"]["dtype"] = "F8"
+
+    def shape(h: dict[str, Any]) -> None:
+        h["patch"]["shape"] = [4, 5, 7]
+
+    assert torch.equal(parse_sample(rebuilt(lambda h: None), "x").patch, parse_sample(blobs[0], "x").patch)
+    for bad, tail, cut in (
+        (shift, b"", 0),
+        (dtype, b"", 0),
+        (shape, b"", 0),
+        (lambda h: None, b"\0", 0),
+        (overlap, b"", 2),
+    ):
+        with pytest.raises(ValueError, match=r"shard\.tar key 'a': corrupt safetensors blob"):
+            parse_sample(rebuilt(bad, tail, cut), "shard.tar key 'a'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import torch
 from data_helpers import FIVE, Built
 
-from distill.data.codec import decode_sample
+from distill.data.codec import decode_sample, parse_sample
 from distill.data.dataset import Batch, DatasetView, DecodedSample, concat_batches, open_view
 from distill.data.loader import LoaderConfig, eval_batches, sample_bytes, stream_buffer, train_batches
 from distill.data.manifest import load_manifest
@@ -207,3 +208,78 @@ def test_max_buffer_bytes_bounds_the_decoded_samples_held(
     # a bound that does not bind changes nothing
     big = replace(wide, max_buffer_bytes=10**12)
     assert [b.keys for b in _take(big, 8)] == [b.keys for b in _take(wide, 8)]
+
+
+def _old_way(built: Built) -> Callable[[list[str]], Batch]:
+    """What the loader served before its shared-memory slots: every tensor parsed by the safetensors
+    library (a copy), images decoded contiguous, then stacked and finished on the CPU."""
+    from distill.data.dataset import PackedBatch, PackedTargets
+    from distill.data.jpeg import decode_view
+
+    view = open_view(built.dataset, "train", FIVE, built.stats_dir)
+    images: dict[str, torch.Tensor] = {}
+    stored: dict[str, dict[str, Any]] = {name: {} for name in FIVE}
+    for shard in view.shards:
+        for sample in iter_shard(built.dataset / "images" / shard.name):
+            images[sample.key] = decode_view(sample.files["jpg"], 64, sample.key)
+        for name in FIVE:
+            for sample in iter_shard(built.dataset / name / shard.name):
+                stored[name][sample.key] = parse_sample(sample.files[f"{name}.safetensors"], sample.key)
+
+    def batch(keys: list[str]) -> Batch:
+        targets = {}
+        for name in FIVE:
+            rows = [stored[name][k] for k in keys]
+            scale = torch.stack([r.scale for r in rows]) if rows[0].scale is not None else None
+            cls = torch.stack([r.cls for r in rows]) if rows[0].cls is not None else None
+            targets[name] = PackedTargets(torch.stack([r.patch for r in rows]), scale, cls)
+        return PackedBatch(keys, torch.stack([images[k] for k in keys]), targets).finish(view.stats, "cpu")
+
+    return batch
+
+
+def test_shared_slots_serve_exactly_the_batches_of_the_old_path(built: Built) -> None:
+    """device=...: workers pack into reused shared-memory slots (prefetch_factor + 2 per worker) and
+    send layouts. Ten batches reuse every slot twice over; every batch, including the ones held
+    since the start, equals the batch built the old way, exactly. One stream and one worker: the
+    batch is the worker's part itself (no concatenation copies it), so CPU images that still
+    pointed into a reused slot would show the later batch's pixels."""
+    old_way = _old_way(built)
+    for streams, workers in ((1, 1), (2, 2)):
+        held = _take(_cfg(built, num_streams=streams, num_workers=workers, device="cpu"), 10)
+        assert all(len(b) == 4 for b in held)
+        for batch in held:
+            _assert_same(batch, old_way(batch.keys))
+        # the same batches as in-process (no workers, no slots) and as finished in the workers
+        in_process = _take(_cfg(built, num_streams=streams, device="cpu"), 10)
+        in_workers = _take(_cfg(built, num_streams=streams, num_workers=workers), 10)
+        for a, b, c in zip(held, in_process, in_workers, strict=True):
+            _assert_same(a, b)
+            _assert_same(a, c)
+
+
+def test_packed_layout_reopens_the_same_tensors(built: Built) -> None:
+    """What a worker sends instead of tensors: offsets, dtypes and shapes in one buffer."""
+    from distill.data.dataset import PACK_ALIGN
+    from distill.data.join import iter_joined
+    from distill.data.loader import packed_bytes
+
+    view = open_view(built.dataset, "train", FIVE, built.stats_dir)
+    shard = view.shards[0]
+    samples = [view.decode(s) for s in iter_joined(view.path, shard.name, FIVE, writable=True)][:3]
+    size = packed_bytes(view, 3)
+    buffer = torch.zeros(size + 5, dtype=torch.uint8)
+    packed = view.pack(samples, lambda n: buffer[:n])
+    assert packed.images.data_ptr() == buffer.data_ptr()
+    layout = packed.layout(buffer)
+    assert all(p is None or p.offset % PACK_ALIGN == 0 for p in layout.places)
+    copy = buffer.clone()
+    again = layout.open(copy)
+    fresh = view.pack(samples)
+    for a, b, c in zip(packed.tensors(), again.tensors(), fresh.tensors(), strict=True):
+        assert (a is None) == (b is None) == (c is None)
+        if a is not None and b is not None and c is not None:
+            assert a.dtype == b.dtype == c.dtype and torch.equal(a, b) and torch.equal(a, c)
+            assert b.data_ptr() != a.data_ptr()
+    with pytest.raises(ValueError, match="not a contiguous view of the buffer"):
+        packed.layout(copy)

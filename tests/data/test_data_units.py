@@ -121,3 +121,29 @@ def test_manifest_round_trip_and_locked_update(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"manifest\.json is unreadable"):
         load_manifest(tmp_path)
+
+
+def test_mapped_members_equal_read_members_and_truncation_is_named(tmp_path: Path) -> None:
+    """iter_shard_buffers (the training loader's reader: writable views of the mapped shard) yields
+    the bytes iter_shard reads, skips unwanted samples alike, and names a truncated shard the same way."""
+    from distill.data.shards import iter_shard_buffers
+
+    with SplitWriter(tmp_path, "t", per_shard=10) as writer:
+        for i in range(4):
+            writer.add(f"k{i}", {"jpg": bytes([i]) * (3000 + i), "json": b"{}"})
+    path = tmp_path / "t-000000.tar"
+    total: list[int] = []
+    mapped = list(iter_shard_buffers(path, lambda ordinal, key: ordinal != 1, total))
+    read = [s for s in iter_shard(path) if s.ordinal != 1]
+    assert total == [4] and [(s.key, s.ordinal) for s in mapped] == [(s.key, s.ordinal) for s in read]
+    for a, b in zip(mapped, read, strict=True):
+        assert {ext: bytes(view) for ext, view in a.files.items()} == b.files
+        assert not a.files["jpg"].readonly
+    mapped[0].files["jpg"][0] = 9  # copy-on-write: the shard on disk is unchanged
+    assert next(iter_shard(path)).files["jpg"][0] == 0
+    path.write_bytes(path.read_bytes()[: 2 * 4608 + 1000])  # 4608 B per sample (jpg + json): inside k2's jpg
+    with pytest.raises(
+        ShardError, match=r"t-000000\.tar: unreadable tar in or after key 'k2'.*unexpected end of data"
+    ) as info:
+        list(iter_shard_buffers(path, None, []))
+    assert info.value.key == "k2"

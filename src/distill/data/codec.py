@@ -21,9 +21,10 @@ name, a second guard against misalignment. Blobs are byte-reproducible (``distil
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ FEATURE_FORMAT = "distill-features"
 FEATURE_VERSION = "1"
 FP16_MAX = 65504.0
 INT8_LEVELS = 127
+Blob = bytes | bytearray | memoryview  # a safetensors blob as read, copied or viewed
 _TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
@@ -169,17 +171,9 @@ def encode_batch(
     return blobs
 
 
-def read_metadata(blob: bytes, where: str) -> dict[str, str]:
+def read_metadata(blob: Blob, where: str) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors blob (the header is JSON after an 8-byte length)."""
-    if len(blob) < 8:
-        raise ValueError(f"{where}: {len(blob)} bytes is too short for a safetensors blob")
-    (length,) = struct.unpack("<Q", blob[:8])
-    if length > len(blob) - 8:
-        raise ValueError(f"{where}: safetensors header says {length} bytes but the blob has {len(blob) - 8}")
-    try:
-        header = json.loads(blob[8 : 8 + length])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where}: safetensors header is not JSON ({exc})") from exc
+    header, _ = _header(blob, where)
     metadata = header.get("__metadata__") or {}
     return {str(k): str(v) for k, v in metadata.items()}
 
@@ -210,16 +204,95 @@ class StoredFeatures:
         )
 
 
-def parse_sample(blob: bytes, where: str) -> StoredFeatures:
-    """Parse and check one blob; ``where`` (shard and key) names the culprit in every error."""
-    metadata = read_metadata(blob, where)
+_ST_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+
+def _header(blob: Blob, where: str) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors blob and where its data section starts."""
+    if len(blob) < 8:
+        raise ValueError(f"{where}: {len(blob)} bytes is too short for a safetensors blob")
+    (length,) = struct.unpack_from("<Q", blob)
+    if length > len(blob) - 8:
+        raise ValueError(f"{where}: safetensors header says {length} bytes but the blob has {len(blob) - 8}")
+    try:
+        header = json.loads(bytes(blob[8 : 8 + length]))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: safetensors header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: safetensors header is not a JSON object")
+    return header, 8 + length
+
+
+def _views(blob: bytearray | memoryview, header: dict[str, Any], start: int) -> dict[str, torch.Tensor]:
+    """The blob's tensors as views of its bytes (no copy), after the checks the safetensors library
+    makes: known dtypes, sizes that match the shapes, and data ranges that tile the data section
+    exactly (in order, no gap, no overlap). Raises ValueError on any mismatch."""
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+            raise ValueError(f"tensor {name!r}: unknown dtype in {info!r}")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+        ):
+            raise ValueError(f"tensor {name!r}: bad shape or data_offsets in {info!r}")
+        entries.append((offsets[0], offsets[1], name, _ST_DTYPES[info["dtype"]], shape))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    end = 0
+    tensors = {}
+    for begin, stop, name, dtype, shape in entries:
+        count = math.prod(shape)
+        if begin != end or stop - begin != count * dtype.itemsize:
+            raise ValueError(
+                f"tensor {name!r}: data_offsets [{begin}, {stop}] do not fit its shape {shape} in order"
+            )
+        end = stop
+        flat = (
+            torch.frombuffer(blob, dtype=dtype, count=count, offset=start + begin)
+            if count
+            else torch.empty(0, dtype=dtype)
+        )
+        if flat.data_ptr() % dtype.itemsize:  # a blob written unaligned: copy rather than misalign
+            flat = flat.clone()
+        tensors[name] = flat.view(shape)
+    if end != len(blob) - start:
+        raise ValueError(f"the tensors cover {end} bytes of a {len(blob) - start}-byte data section")
+    return tensors
+
+
+def parse_sample(blob: Blob, where: str) -> StoredFeatures:
+    """Parse and check one blob; ``where`` (shard and key) names the culprit in every error.
+
+    A writable blob (``bytearray`` or a writable ``memoryview``: the training loader's views of
+    the mapped shards) is parsed without copying: the tensors are views of its bytes and keep
+    them alive. ``bytes`` are read with the safetensors library, which copies them.
+    """
+    header, start = _header(blob, where)
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
     if metadata.get("format") != FEATURE_FORMAT:
         raise ValueError(
             f"{where}: not a {FEATURE_FORMAT} blob (metadata {metadata}); re-extract this teacher"
         )
     storage = check_storage(metadata.get("storage", "?"))
     try:
-        tensors = st_load(blob)
+        tensors = st_load(blob) if isinstance(blob, bytes) else _views(blob, header, start)
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise ValueError(f"{where}: corrupt safetensors blob ({exc}); re-extract this shard") from exc
     if "patch" not in tensors:

@@ -8,8 +8,10 @@ the dataset it was measured on). Decoding a joined sample checks the blob's own 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 
 from distill.data.codec import StoredFeatures, parse_sample
 from distill.data.join import JoinedSample
-from distill.data.jpeg import decode_view
+from distill.data.jpeg import decode_view_hwc
 from distill.data.manifest import Manifest, ShardInfo, TeacherRecord, default_stats_dir, load_manifest
 from distill.features import TeacherOutput
 from distill.stats import FeatureStats, StatsProvenance
@@ -127,11 +129,88 @@ class PackedTargets:
         return TeacherOutput(patch, cls)
 
 
+PACK_ALIGN = 64  # byte alignment of each tensor in a packed batch's buffer
+Allocator = Callable[[int], torch.Tensor]  # nbytes -> a 1-D uint8 tensor of at least that many bytes
+
+
+@dataclass(frozen=True)
+class TensorPlace:
+    """Where one contiguous tensor lies in a buffer: byte offset, dtype and shape."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def view(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The tensor over ``buffer`` (1-D uint8; offset 0 = its first byte), without a copy."""
+        return buffer[self.offset : self.offset + self.nbytes].view(self.dtype).view(self.shape)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """A packed batch without its tensors: keys and where each tensor lies in its buffer.
+
+    What a loader worker sends when the buffer is shared memory the main process already holds.
+    """
+
+    keys: list[str]
+    teachers: list[str]
+    # images, then per teacher: patch, scale, cls, outlier index, outlier rows (None: not stored)
+    places: list[TensorPlace | None]
+
+    def open(self, buffer: torch.Tensor) -> PackedBatch:
+        """The batch over ``buffer`` (the same bytes the layout was taken from), without a copy."""
+        return PackedBatch.of(
+            self.keys, self.teachers, [None if p is None else p.view(buffer) for p in self.places]
+        )
+
+
 @dataclass
 class PackedBatch:
     keys: list[str]
     images: torch.Tensor
     targets: dict[str, PackedTargets]
+
+    @classmethod
+    def of(
+        cls, keys: list[str], teachers: Sequence[str], tensors: Sequence[torch.Tensor | None]
+    ) -> PackedBatch:
+        """From the flat list :meth:`DatasetView.pack` fills: images, then 5 per teacher (see PackedLayout)."""
+        images = tensors[0]
+        if images is None or len(tensors) != 1 + 5 * len(teachers):
+            raise ValueError(f"{len(tensors)} packed tensors do not fit {len(teachers)} teachers")
+        targets = {}
+        for i, name in enumerate(teachers):
+            patch, scale, cls_, index, outliers = tensors[1 + 5 * i : 6 + 5 * i]
+            if patch is None:
+                raise ValueError(f"packed batch without {name!r} patch features")
+            targets[name] = PackedTargets(patch, scale, cls_, index, outliers)
+        return cls(keys, images, targets)
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        """The flat list :meth:`of` takes."""
+        out: list[torch.Tensor | None] = [self.images]
+        for t in self.targets.values():
+            out += [t.patch, t.scale, t.cls, t.outlier_index, t.outlier_patch]
+        return out
+
+    def layout(self, buffer: torch.Tensor) -> PackedLayout:
+        """Where this batch's tensors lie in ``buffer`` (1-D uint8); each must be a contiguous view of it."""
+        base, size = buffer.data_ptr(), buffer.numel()
+        places: list[TensorPlace | None] = []
+        for t in self.tensors():
+            if t is None:
+                places.append(None)
+                continue
+            place = TensorPlace(t.data_ptr() - base, t.dtype, tuple(t.shape))
+            if not t.is_contiguous() or place.offset < 0 or place.offset + place.nbytes > size:
+                raise ValueError("a packed tensor is not a contiguous view of the buffer")
+            places.append(place)
+        return PackedLayout(self.keys, list(self.targets), places)
 
     def pin_memory(self) -> PackedBatch:
         return PackedBatch(
@@ -245,7 +324,8 @@ class DatasetView:
 
     def decode(self, sample: JoinedSample) -> DecodedSample:
         where = f"{self.path}/{sample.shard} key {sample.key!r}"
-        image = decode_view(sample.jpeg, self.manifest.canonical_size, where)
+        # channels-last as decoded, seen as [3, S, S]: pack copies it into the batch in one pass
+        image = decode_view_hwc(sample.jpeg, self.manifest.canonical_size, where).permute(2, 0, 1)
         features = {}
         for name, record in self.records.items():
             spot = f"{self.path}/{name}/{sample.shard} key {sample.key!r}"
@@ -258,19 +338,37 @@ class DatasetView:
             raise ValueError(f"{where}: metadata is not JSON ({exc}); rebuild the image shard") from exc
         return DecodedSample(sample.key, image, features, meta)
 
-    def pack(self, samples: Sequence[DecodedSample]) -> PackedBatch:
-        """Stack samples, keeping features in their storage dtype."""
-        targets = {}
+    def pack(self, samples: Sequence[DecodedSample], allocate: Allocator | None = None) -> PackedBatch:
+        """Stack samples, keeping features in their storage dtype.
+
+        Every tensor of the batch is a view of one buffer, ``allocate(nbytes)`` (a 1-D uint8
+        tensor of at least ``nbytes``; default: fresh memory), filled by one copy per tensor.
+        """
+        fields: list[list[torch.Tensor] | None] = [[s.image for s in samples]]
         for name, record in self.records.items():
-            rows = [s.features[name] for s in samples]
-            scale = torch.stack([r.scale for r in rows]) if record.storage == "int8" else None  # type: ignore[misc]
-            cls = torch.stack([r.cls for r in rows]) if record.spec.cls_channels is not None else None  # type: ignore[misc]
-            index = outliers = None
-            if record.outlier_tokens:
-                index = torch.stack([r.outlier_index for r in rows])  # type: ignore[misc]
-                outliers = torch.stack([r.outlier_patch for r in rows])  # type: ignore[misc]
-            targets[name] = PackedTargets(torch.stack([r.patch for r in rows]), scale, cls, index, outliers)
-        return PackedBatch([s.key for s in samples], torch.stack([s.image for s in samples]), targets)
+            stored = [s.features[name] for s in samples]
+            fields.append([r.patch for r in stored])
+            fields.append([r.scale for r in stored] if record.storage == "int8" else None)  # type: ignore[misc]
+            fields.append([r.cls for r in stored] if record.spec.cls_channels is not None else None)  # type: ignore[misc]
+            outliers = bool(record.outlier_tokens)
+            fields.append([r.outlier_index for r in stored] if outliers else None)  # type: ignore[misc]
+            fields.append([r.outlier_patch for r in stored] if outliers else None)  # type: ignore[misc]
+        places: list[TensorPlace | None] = []
+        end = 0
+        for rows in fields:
+            if rows is None:
+                places.append(None)
+                continue
+            dtype = functools.reduce(torch.promote_types, (r.dtype for r in rows))  # as torch.stack
+            place = TensorPlace(end, dtype, (len(rows), *rows[0].shape))
+            places.append(place)
+            end = -(-(place.offset + place.nbytes) // PACK_ALIGN) * PACK_ALIGN
+        buffer = allocate(end) if allocate is not None else torch.empty(end, dtype=torch.uint8)
+        tensors = [None if p is None else p.view(buffer) for p in places]
+        for rows, out in zip(fields, tensors, strict=True):
+            if rows is not None and out is not None:
+                torch.stack(rows, out=out)
+        return PackedBatch.of([s.key for s in samples], list(self.records), tensors)
 
     def collate(self, samples: Sequence[DecodedSample]) -> Batch:
         """Stack samples, dequantise and normalise each teacher's features with its stats (on CPU)."""

@@ -7,14 +7,17 @@ shards and both keys: no positional zipping of streams that could have drifted a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from distill.data.manifest import IMAGES_DIR
-from distill.data.shards import ShardError, ShardSample, iter_shard_counted
+from distill.data.shards import BufferSample, ShardError, ShardSample, iter_shard_buffers, iter_shard_counted
+
+B = TypeVar("B", bound=bytes | memoryview)
 
 
 @dataclass
@@ -24,21 +27,21 @@ class JoinedSample:
     shard: str  # shard file name, e.g. "train-000003.tar"
     jpeg: bytes
     meta: bytes
-    features: dict[str, bytes]  # teacher -> safetensors blob
+    features: dict[str, bytes | memoryview]  # teacher -> safetensors blob (a view of the shard when writable)
 
 
 def shard_paths(dataset: Path, shard: str, teachers: Sequence[str]) -> tuple[Path, dict[str, Path]]:
     return dataset / IMAGES_DIR / shard, {name: dataset / name / shard for name in teachers}
 
 
-def _member(sample: ShardSample, ext: str, path: Path) -> bytes:
-    if ext not in sample.files:
+def _member(files: Mapping[str, B], key: str, ext: str, path: Path) -> B:
+    if ext not in files:
         raise ShardError(
-            f"{path}: key {sample.key!r} has no .{ext} member (has {sorted(sample.files)}); rebuild this shard",
+            f"{path}: key {key!r} has no .{ext} member (has {sorted(files)}); rebuild this shard",
             path,
-            sample.key,
+            key,
         )
-    return sample.files[ext]
+    return files[ext]
 
 
 def iter_joined(
@@ -47,10 +50,12 @@ def iter_joined(
     teachers: Sequence[str],
     want: Sequence[bool] | np.ndarray | None = None,
     expected: int | None = None,
+    writable: bool = False,
 ) -> Iterator[JoinedSample]:
     """Samples of one shard with every teacher's features; ``want[i]`` False skips sample i unread.
 
-    ``expected`` (the manifest's count) makes a shard of another length an error.
+    ``expected`` (the manifest's count) makes a shard of another length an error. ``writable``:
+    feature blobs come as writable views of the mapped shards, which :func:`distill.data.codec.parse_sample` parses without copying.
     """
 
     def select(ordinal: int, key: str) -> bool:
@@ -59,9 +64,12 @@ def iter_joined(
     image_path, teacher_paths = shard_paths(dataset, shard, teachers)
     totals: dict[str, list[int]] = {name: [] for name in ["", *teachers]}
     images = iter_shard_counted(image_path, select, totals[""])
-    features = {name: iter_shard_counted(path, select, totals[name]) for name, path in teacher_paths.items()}
+    read = iter_shard_buffers if writable else iter_shard_counted
+    features: dict[str, Iterator[ShardSample | BufferSample]] = {
+        name: read(path, select, totals[name]) for name, path in teacher_paths.items()
+    }
     for sample in images:
-        blobs = {}
+        blobs: dict[str, bytes | memoryview] = {}
         for name, stream in features.items():
             other = next(stream, None)
             if other is None:
@@ -78,12 +86,13 @@ def iter_joined(
                     teacher_paths[name],
                     sample.key,
                 )
-            blobs[name] = _member(other, f"{name}.safetensors", teacher_paths[name])
+            files: Mapping[str, bytes | memoryview] = other.files
+            blobs[name] = _member(files, other.key, f"{name}.safetensors", teacher_paths[name])
         yield JoinedSample(
             sample.key,
             sample.ordinal,
             shard,
-            _member(sample, "jpg", image_path),
+            _member(sample.files, sample.key, "jpg", image_path),
             sample.files.get("json", b"{}"),
             blobs,
         )

@@ -15,6 +15,15 @@ from PIL import Image, UnidentifiedImageError
 
 def decode_view(jpeg: bytes, size: int, where: str) -> torch.Tensor:
     """One stored canonical view -> ``uint8 [3, size, size]``; ``where`` names shard and key in errors."""
+    return decode_view_hwc(jpeg, size, where).permute(2, 0, 1).contiguous()
+
+
+def decode_view_hwc(jpeg: bytes, size: int, where: str) -> torch.Tensor:
+    """One stored canonical view -> ``uint8 [size, size, 3]`` as Pillow decodes it (channels last).
+
+    ``.permute(2, 0, 1)`` of it is the view :func:`decode_view` returns; the training loader
+    copies that strided view straight into its batch (one copy instead of two).
+    """
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             array = np.array(image if image.mode == "RGB" else image.convert("RGB"))
@@ -26,6 +35,4 @@ def decode_view(jpeg: bytes, size: int, where: str) -> torch.Tensor:
         raise ValueError(
             f"{where}: image is {array.shape[:2]}, the manifest's canonical size is {size}; rebuild the shard"
         )
-    return (
-        torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    )  # per image: far cheaper than a strided stack
+    return torch.from_numpy(array)

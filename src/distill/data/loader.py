@@ -17,6 +17,12 @@ features). A smaller buffer mixes less within a stream; the streams still interl
 batch and each epoch permutes its shards. When the bound binds, the shuffle depends on the
 number of streams per rank (so on the world size).
 
+Transport (``device=`` with workers): each worker packs its chunk of a batch into one of
+``prefetch_factor + 2`` shared-memory slots the main process mapped before the workers started,
+and sends only where each tensor lies (see :class:`_SlotPool`). Those slots are shared memory held
+for the loader's life: per worker, that many chunks of ``streams per worker x per-stream samples``
+(about 2.2 MB per sample with five real-size int8 teachers).
+
 Evaluation: one pass over the split; rank r takes shards r, r+W, ...; worker w of a rank takes
 that rank's shards w, w+NW, ...; batches of ``eval_batch`` (the last one of each worker may
 be short). Every key appears exactly once across ranks.
@@ -26,18 +32,33 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
+import os
+import queue
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from distill.data.dataset import Batch, DatasetView, DecodedSample, PackedBatch, concat_batches, open_view
+from distill.data.dataset import (
+    PACK_ALIGN,
+    Allocator,
+    Batch,
+    DatasetView,
+    DecodedSample,
+    PackedBatch,
+    PackedLayout,
+    concat_batches,
+    open_view,
+)
 from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.streams import StreamPlan, deal_streams, stream_items
+from distill.features import TeacherOutput
 from distill.stats import FeatureStats
 
 log = logging.getLogger(__name__)
@@ -74,18 +95,108 @@ class LoaderConfig:
 
 @dataclass
 class _Chunk:
-    """One worker's share of one batch: per-stream parts, tagged so the main process can verify order."""
+    """One worker's share of one batch: per-stream parts, tagged so the main process can verify order.
+
+    From a worker with a :class:`_SlotPool`, ``parts`` is empty and ``layouts`` say where the parts
+    lie in pool slot ``slot`` of worker ``worker``: no tensor crosses the process boundary.
+    """
 
     batch_index: int
     streams: list[int]
     parts: list[Batch | PackedBatch]
+    worker: int = 0
+    slot: int | None = None
+    layouts: list[PackedLayout] | None = None
 
     def pin_memory(self) -> _Chunk:
+        if self.slot is not None:  # pinned by the main loop when it opens the slot
+            return self
         return _Chunk(self.batch_index, self.streams, [part.pin_memory() for part in self.parts])
 
 
+class _SlotPool:
+    """Shared-memory buffers that loader workers pack batches into and the main process reads, reused.
+
+    DataLoader sends every tensor a worker yields through a fresh shared-memory segment: a copy,
+    and page faults on every page in the worker and again in the main process (about 1 ms per MB
+    in benchmarks/loader_cores.py, against 0.1 for a copy into a slot already mapped; more than
+    the worker's own work at 2.2 MB per sample). Instead, the main process maps ``slots`` buffers
+    per worker before the workers start; a worker takes a free slot, packs its chunk into it and
+    sends only the layout; the main process opens the layout over its own mapping of the same
+    slot, copies out (to pinned memory or the device) and hands the slot back through a queue.
+    A slot is never written while the main process reads it: a worker waits for the queue.
+    A chunk that does not fit its slot is packed into fresh shared memory and sent as tensors
+    (the slot goes back at once).
+    """
+
+    def __init__(self, workers: int, slots: int, nbytes: int) -> None:
+        context = multiprocessing.get_context()  # the one DataLoader uses by default
+        self.nbytes = nbytes
+        self.buffers = [[_shared_bytes(nbytes) for _ in range(slots)] for _ in range(workers)]
+        self.free: list[Any] = [context.Queue() for _ in range(workers)]
+        for free, buffers in zip(self.free, self.buffers, strict=True):
+            for slot in range(len(buffers)):
+                free.put(slot)
+        self.parent = os.getpid()
+
+    def take(self, worker: int) -> int:
+        """A free slot of ``worker`` (waits while all are in use by the main process)."""
+        while True:
+            try:
+                return int(self.free[worker].get(timeout=5.0))
+            except queue.Empty:
+                if os.getppid() != self.parent:
+                    raise RuntimeError("the main process of this loader worker is gone") from None
+
+    def give_back(self, worker: int, slot: int) -> None:
+        self.free[worker].put(slot)
+
+
+def _shared_bytes(nbytes: int) -> torch.Tensor:
+    """A fresh shared-memory buffer (1-D uint8): DataLoader sends tensors in it without copying them."""
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+
+
+def _region_allocator(buffer: torch.Tensor) -> Allocator:
+    """Consecutive aligned regions of ``buffer``, one per call; fresh shared memory once it is full."""
+    used = [0]
+
+    def allocate(nbytes: int) -> torch.Tensor:
+        start = used[0]
+        if start + nbytes > buffer.numel():
+            return _shared_bytes(nbytes)
+        used[0] = -(-(start + nbytes) // PACK_ALIGN) * PACK_ALIGN
+        return buffer[start : start + nbytes]
+
+    return allocate
+
+
+def packed_bytes(view: DatasetView, samples: int) -> int:
+    """Bytes :meth:`DatasetView.pack` takes for ``samples`` samples, with every tensor's alignment padding."""
+
+    def padded(n: int) -> int:
+        return -(-n // PACK_ALIGN) * PACK_ALIGN
+
+    size = view.manifest.canonical_size
+    total = padded(samples * 3 * size * size)
+    for record in view.records.values():
+        spec, (h, w) = record.spec, record.stored_grid
+        itemsize = 1 if record.storage == "int8" else 2
+        total += padded(samples * h * w * spec.channels * itemsize)
+        if record.storage == "int8":
+            total += padded(samples * 4 * spec.channels)
+        if spec.cls_channels is not None:
+            total += padded(samples * 2 * spec.cls_channels)
+        if record.outlier_tokens:
+            total += padded(samples * 8 * record.outlier_tokens)
+            total += padded(samples * 2 * record.outlier_tokens * spec.channels)
+    return total
+
+
 def _read_shard(view: DatasetView, shard: ShardInfo, want: np.ndarray) -> Iterator[tuple[int, DecodedSample]]:
-    for sample in iter_joined(view.path, shard.name, view.teachers, want=want, expected=shard.count):
+    for sample in iter_joined(
+        view.path, shard.name, view.teachers, want=want, expected=shard.count, writable=True
+    ):
         yield sample.ordinal, view.decode(sample)
 
 
@@ -137,6 +248,7 @@ class _TrainStreams(IterableDataset[_Chunk]):
         cfg: LoaderConfig,
         start_batch: int,
         buffer: int,
+        pool: _SlotPool | None = None,
     ) -> None:
         self.view, self.plans, self.per_stream, self.cfg, self.start_batch = (
             view,
@@ -145,7 +257,7 @@ class _TrainStreams(IterableDataset[_Chunk]):
             cfg,
             start_batch,
         )
-        self.buffer = buffer
+        self.buffer, self.pool = buffer, pool
 
     def __iter__(self) -> Iterator[_Chunk]:
         worker, workers = _worker_slot()
@@ -161,17 +273,67 @@ class _TrainStreams(IterableDataset[_Chunk]):
             )
             for plan in mine
         ]
+        indices = [plan.index for plan in mine]
+        pool = self.pool if get_worker_info() is not None else None
+        fits = pool is not None and packed_bytes(view, m) * len(streams) <= pool.nbytes
         for k in itertools.count(self.start_batch):
-            parts = [_batch(view, list(itertools.islice(stream, m)), self.cfg) for stream in streams]
-            yield _Chunk(k, [plan.index for plan in mine], parts)
+            if pool is None or not fits:
+                parts = [_batch(view, list(itertools.islice(stream, m)), self.cfg) for stream in streams]
+                yield _Chunk(k, indices, parts)
+                continue
+            slot = pool.take(worker)
+            buffer = pool.buffers[worker][slot]
+            samples = [list(itertools.islice(stream, m)) for stream in streams]
+            packed = [view.pack(part, _region_allocator(buffer)) for part in samples]
+            try:
+                chunk = _Chunk(k, indices, [], worker, slot, [part.layout(buffer) for part in packed])
+            except ValueError:  # blobs larger than the manifest says (e.g. a float32 CLS) overflowed the slot
+                pool.give_back(worker, slot)
+                chunk = _Chunk(k, indices, [view.pack(part, _shared_bytes) for part in samples])
+            del samples, packed  # the shuffle buffers alone hold decoded samples while the chunk waits
+            yield chunk
 
 
 def _batch(view: DatasetView, samples: list[DecodedSample], cfg: LoaderConfig) -> Batch | PackedBatch:
-    return view.pack(samples) if cfg.device is not None else view.collate(samples)
+    if cfg.device is None:
+        return view.collate(samples)
+    # in a worker, pack straight into shared memory (DataLoader would copy it there otherwise)
+    return view.pack(samples, _shared_bytes if get_worker_info() is not None else None)
 
 
 def _finish(part: Batch | PackedBatch, view: DatasetView, cfg: LoaderConfig) -> Batch:
     return part.finish(view.stats, cfg.device) if isinstance(part, PackedBatch) else part
+
+
+def _open_chunk(chunk: _Chunk, pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig) -> list[Batch]:
+    """The chunk's parts finished; a pool slot is handed back once nothing served still points into it."""
+    if chunk.slot is None or chunk.layouts is None:
+        return [_finish(part, view, cfg) for part in chunk.parts]
+    if pool is None:
+        raise RuntimeError("a loader chunk in a shared slot arrived without its pool")
+    buffer = pool.buffers[chunk.worker][chunk.slot]
+    try:
+        packed = [layout.open(buffer) for layout in chunk.layouts]
+        if cfg.pin_memory:
+            packed = [part.pin_memory() for part in packed]
+        return [_detached(_finish(part, view, cfg), buffer) for part in packed]
+    finally:
+        pool.give_back(chunk.worker, chunk.slot)
+
+
+def _detached(batch: Batch, buffer: torch.Tensor) -> Batch:
+    """``batch`` with every tensor that still lies in ``buffer`` (a slot about to be reused) copied out
+    (images finished on the CPU: ``.to("cpu")`` returns the same tensor)."""
+    start, stop = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if t.device.type == "cpu" and start <= t.data_ptr() < stop else t
+
+    targets = {
+        name: TeacherOutput(own(out.patch), None if out.cls is None else own(out.cls))
+        for name, out in batch.targets.items()
+    }
+    return Batch(batch.keys, own(batch.images), targets)
 
 
 class _EvalShards(IterableDataset[Batch | PackedBatch]):
@@ -182,7 +344,9 @@ class _EvalShards(IterableDataset[Batch | PackedBatch]):
         worker, workers = _worker_slot()
         pending: list[DecodedSample] = []
         for shard in self.shards[worker::workers]:
-            for sample in iter_joined(self.view.path, shard.name, self.view.teachers, expected=shard.count):
+            for sample in iter_joined(
+                self.view.path, shard.name, self.view.teachers, expected=shard.count, writable=True
+            ):
                 pending.append(self.view.decode(sample))
                 if len(pending) == self.cfg.eval_batch:
                     yield _batch(self.view, pending, self.cfg)
@@ -271,7 +435,13 @@ def train_batches(
                 sample_bytes(view) / 1e6,
                 (cfg.max_buffer_bytes or 0) / 1e9,
             )
-    loader = _data_loader(_TrainStreams(view, mine, per_stream, cfg, start_batch, buffer), cfg, workers)
+    pool = None
+    if workers and cfg.device is not None:  # workers ship the stored dtype: through reused shared slots
+        streams_per_worker = -(-len(mine) // workers)
+        slot_bytes = streams_per_worker * packed_bytes(view, per_stream)
+        pool = _SlotPool(workers, cfg.prefetch_factor + 2, slot_bytes)
+    streams = _TrainStreams(view, mine, per_stream, cfg, start_batch, buffer, pool)
+    loader = _data_loader(streams, cfg, workers)
     order = {plan.index: i for i, plan in enumerate(mine)}
     chunks = iter(loader)
     try:
@@ -283,8 +453,8 @@ def train_batches(
                     raise RuntimeError(
                         f"loader chunk for batch {chunk.batch_index} arrived while assembling batch {k}"
                     )
-                for stream, part in zip(chunk.streams, chunk.parts, strict=True):
-                    parts[order[stream]] = _finish(part, view, cfg)
+                for stream, part in zip(chunk.streams, _open_chunk(chunk, pool, view, cfg), strict=True):
+                    parts[order[stream]] = part
             if any(part is None for part in parts):
                 raise RuntimeError(f"batch {k}: a stream's part is missing")
             yield concat_batches([part for part in parts if part is not None])

@@ -9,12 +9,14 @@ their bytes into memory (the resume path of the loader relies on this).
 
 from __future__ import annotations
 
+import mmap
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from webdataset.tariterators import base_plus_ext
 from webdataset.writer import TarWriter
@@ -22,6 +24,7 @@ from webdataset.writer import TarWriter
 from distill.data.keys import check_key
 from distill.io import atomic_path
 
+T = TypeVar("T", bytes, memoryview)
 Want = Callable[[int, str], bool]  # (ordinal in shard, key) -> read this sample's bytes?
 
 
@@ -46,6 +49,15 @@ class ShardSample:
     key: str
     ordinal: int  # position in the shard, 0-based
     files: dict[str, bytes] = field(default_factory=dict)  # ext -> bytes; empty when skipped
+
+
+@dataclass
+class BufferSample:
+    """A :class:`ShardSample` whose members are writable views of the shard mapped into memory."""
+
+    key: str
+    ordinal: int
+    files: dict[str, memoryview] = field(default_factory=dict)
 
 
 class ShardSink:
@@ -91,11 +103,46 @@ def split_member(name: str, path: Path) -> tuple[str, str]:
     return key, ext
 
 
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+def _extracted(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = archive.extractfile(member)
     if handle is None:  # only for members that are not regular files, which are skipped before
         raise tarfile.ReadError(f"member {member.name!r} has no data")
     return handle.read()
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A regular member's bytes in one read from its data offset."""
+    handle = archive.fileobj
+    if member.issparse() or handle is None:
+        return _extracted(archive, member)
+    handle.seek(member.offset_data)  # TarFile.next seeks back to the next header itself
+    data: bytes = handle.read(member.size)
+    if len(data) != member.size:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
+
+
+class _MappedReader:
+    """Members as views of the shard file mapped copy-on-write (``mmap.ACCESS_COPY``).
+
+    No read copy and no fresh anonymous pages: a view maps the page cache's pages (the kernel maps
+    several per fault), and writing through it would copy only the page written, never the file.
+    The views keep the mapping alive; shards are replaced by rename, never rewritten in place.
+    """
+
+    def __init__(self) -> None:
+        self.mapped: mmap.mmap | None = None
+
+    def __call__(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> memoryview:
+        handle = archive.fileobj
+        if member.issparse() or handle is None or not hasattr(handle, "fileno"):
+            return memoryview(bytearray(_extracted(archive, member)))
+        if self.mapped is None:
+            self.mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        end = member.offset_data + member.size
+        if end > len(self.mapped):
+            raise tarfile.ReadError("unexpected end of data")
+        return memoryview(self.mapped)[member.offset_data : end]
 
 
 class _Tracker:
@@ -130,12 +177,25 @@ def iter_shard(path: Path, want: Want | None = None) -> Iterator[ShardSample]:
 
 def iter_shard_counted(path: Path, want: Want | None, total: list[int]) -> Iterator[ShardSample]:
     """Like :func:`iter_shard`; on exhaustion appends the shard's full sample count to ``total``."""
+    for key, ordinal, files in _iter_members(path, want, total, _read_member):
+        yield ShardSample(key, ordinal, files)
+
+
+def iter_shard_buffers(path: Path, want: Want | None, total: list[int]) -> Iterator[BufferSample]:
+    """Like :func:`iter_shard_counted`, each member a writable view of the mapped shard (no copy)."""
+    for key, ordinal, files in _iter_members(path, want, total, _MappedReader()):
+        yield BufferSample(key, ordinal, files)
+
+
+def _iter_members(
+    path: Path, want: Want | None, total: list[int], read: Callable[[tarfile.TarFile, tarfile.TarInfo], T]
+) -> Iterator[tuple[str, int, dict[str, T]]]:
     if not path.is_file():
         raise ShardError(
             f"{path}: shard is missing; rerun the step that writes it (organize or feature_extraction)", path
         )
     tracker = _Tracker(path, want)
-    current: ShardSample | None = None
+    current: tuple[str, int, dict[str, T]] | None = None
     try:
         # Seekable mode: a member's bytes come in one read (stream mode reads 10 KiB records and
         # joins them, which was half a loader worker's time with real-size features), and the
@@ -145,13 +205,13 @@ def iter_shard_counted(path: Path, want: Want | None, total: list[int]) -> Itera
                 if not member.isreg() or not tracker(member.name):
                     continue
                 key, ext = split_member(member.name, path)
-                if current is None or current.key != key:
+                if current is None or current[0] != key:
                     if current is not None:
                         yield current
-                    current = ShardSample(key, tracker.ordinal)
-                if ext in current.files:
+                    current = (key, tracker.ordinal, {})
+                if ext in current[2]:
                     raise ShardError(f"{path}: key {key!r} has two {ext!r} members", path, key)
-                current.files[ext] = _read_member(archive, member)
+                current[2][ext] = read(archive, member)
     except ShardError:
         raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:

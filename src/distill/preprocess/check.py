@@ -52,7 +52,9 @@ class CheckReport:
         return not self.problems
 
 
-def _check_sample_features(manifest: Manifest, name: str, blob: bytes, key: str, where: str) -> None:
+def _check_sample_features(
+    manifest: Manifest, name: str, blob: bytes | memoryview, key: str, where: str
+) -> None:
     stored = parse_sample(blob, where)
     check_stored(stored, key, name, manifest.teachers[name], where)
     features = stored.dequantize()
