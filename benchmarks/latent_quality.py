@@ -131,7 +131,7 @@ def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int, pl
 
 def main() -> int:
     parser = base_parser("latent_quality", __doc__)
-    run_arguments(parser, episodes=100, steps=2000, plot="dz_curve.png")
+    run_arguments(parser, episodes=100, steps=3000, plot="dz_curve.png")
     parser.add_argument("--dz", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args()
     dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
