@@ -71,7 +71,9 @@ def draw(points: list[dict[str, Any]], d_z: int, path: Path) -> None:
     quantised = sorted(
         (p for p in points if p["bits_per_frame"] is not None), key=lambda p: p["bits_per_frame"]["total"]
     )
-    span = [quantised[0]["bits_per_frame"]["total"], quantised[-1]["bits_per_frame"]["total"]]
+    low, high = quantised[0]["bits_per_frame"]["total"], quantised[-1]["bits_per_frame"]["total"]
+    pad = max(8.0, 0.1 * (high - low))  # the flat lines reach past the points, also when all share one rate
+    span = [low - pad, high + pad]
     psnr: dict[str, list[tuple[float, float]]] = {}
     cosine: dict[str, list[tuple[float, float]]] = {}
     for kind in ("fsq", "vq"):
