@@ -243,9 +243,10 @@ def test_shared_slots_serve_exactly_the_batches_of_the_old_path(built: Built) ->
     send layouts. Ten batches reuse every slot twice over; every batch, including the ones held
     since the start, equals the batch built the old way, exactly. One stream and one worker: the
     batch is the worker's part itself (no concatenation copies it), so CPU images that still
-    pointed into a reused slot would show the later batch's pixels."""
+    pointed into a reused slot would show the later batch's pixels. Two streams in one worker: their
+    parts share a slot, one after the other."""
     old_way = _old_way(built)
-    for streams, workers in ((1, 1), (2, 2)):
+    for streams, workers in ((1, 1), (2, 2), (2, 1)):
         held = _take(_cfg(built, num_streams=streams, num_workers=workers, device="cpu"), 10)
         assert all(len(b) == 4 for b in held)
         for batch in held:

@@ -284,7 +284,8 @@ class _TrainStreams(IterableDataset[_Chunk]):
             slot = pool.take(worker)
             buffer = pool.buffers[worker][slot]
             samples = [list(itertools.islice(stream, m)) for stream in streams]
-            packed = [view.pack(part, _region_allocator(buffer)) for part in samples]
+            allocate = _region_allocator(buffer)  # one for the slot: the streams' parts lie one after another
+            packed = [view.pack(part, allocate) for part in samples]
             try:
                 chunk = _Chunk(k, indices, [], worker, slot, [part.layout(buffer) for part in packed])
             except ValueError:  # blobs larger than the manifest says (e.g. a float32 CLS) overflowed the slot
