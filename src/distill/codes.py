@@ -61,13 +61,11 @@ class CodeLayout:
 
     def valid(self, device: torch.device | None = None) -> torch.Tensor:
         """bool [codes, vocabulary]: which values each code can take (False: impossible for that code)."""
-        limits = torch.tensor(self.vocabularies, device=device)
-        return torch.arange(self.vocabulary, device=device) < limits[:, None]
+        return _prefixes(self.vocabularies, device)
 
     def dims(self, device: torch.device | None = None) -> torch.Tensor:
         """bool [codes, width]: which columns of a code table's rows are z dimensions (the rest is padding)."""
-        limits = torch.tensor(self.widths, device=device)
-        return torch.arange(self.width, device=device) < limits[:, None]
+        return _prefixes(self.widths, device)
 
     def check(self, codes: torch.Tensor) -> None:
         """Refuse anything but integers [..., codes] with every code inside its own vocabulary."""
@@ -101,3 +99,8 @@ class CodeLayout:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"vocabularies": list(self.vocabularies), "widths": list(self.widths)}
+
+
+def _prefixes(lengths: tuple[int, ...], device: torch.device | None) -> torch.Tensor:
+    """bool [len(lengths), max(lengths)]: row i is True on its first ``lengths[i]`` columns."""
+    return torch.arange(max(lengths), device=device) < torch.tensor(lengths, device=device)[:, None]

@@ -285,14 +285,22 @@ def parse_sample(blob: Blob, where: str) -> StoredFeatures:
     them alive. ``bytes`` are read with the safetensors library, which copies them.
     """
     header, start = _header(blob, where)
-    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    raw_metadata = header.get("__metadata__") or {}
+    if not isinstance(raw_metadata, dict):
+        raise ValueError(
+            f"{where}: the safetensors header's __metadata__ is not a table; re-extract this shard"
+        )
+    metadata = {str(k): str(v) for k, v in raw_metadata.items()}
     if metadata.get("format") != FEATURE_FORMAT:
         raise ValueError(
             f"{where}: not a {FEATURE_FORMAT} blob (metadata {metadata}); re-extract this teacher"
         )
     storage = check_storage(metadata.get("storage", "?"))
     try:
-        tensors = st_load(blob) if isinstance(blob, bytes) else _views(blob, header, start)
+        if isinstance(blob, bytes) or memoryview(blob).readonly:  # views of read-only memory: copy instead
+            tensors = st_load(bytes(blob))
+        else:
+            tensors = _views(blob, header, start)
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise ValueError(f"{where}: corrupt safetensors blob ({exc}); re-extract this shard") from exc
     if "patch" not in tensors:
