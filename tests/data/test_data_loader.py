@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
+import tarfile
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from data_helpers import FIVE, Built
+from PIL import Image
 
 from distill.data.codec import decode_sample, parse_sample
 from distill.data.dataset import Batch, DatasetView, DecodedSample, concat_batches, open_view
 from distill.data.loader import LoaderConfig, eval_batches, sample_bytes, stream_buffer, train_batches
 from distill.data.manifest import load_manifest
-from distill.data.shards import iter_shard, list_keys
+from distill.data.shards import iter_shard, list_keys, split_member
 from distill.stats import FeatureStats
 
 
@@ -210,21 +214,32 @@ def test_max_buffer_bytes_bounds_the_decoded_samples_held(
     assert [b.keys for b in _take(big, 8)] == [b.keys for b in _take(wide, 8)]
 
 
+def _tarfile_members(path: Path, ext: str) -> dict[str, bytes]:
+    """key -> the bytes of its ``<key>.<ext>`` member, as tarfile itself reads the shard."""
+    with tarfile.open(path) as archive:
+        return {
+            split_member(m.name, path)[0]: archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in archive
+            if split_member(m.name, path)[1] == ext
+        }
+
+
 def _old_way(built: Built) -> Callable[[list[str]], Batch]:
-    """What the loader served before its shared-memory slots: every tensor parsed by the safetensors
-    library (a copy), images decoded contiguous, then stacked and finished on the CPU."""
+    """What the loader served before its shared-memory slots: tar members read by tarfile, every
+    tensor parsed by the safetensors library (a copy), images decoded contiguous by Pillow, then
+    stacked and finished on the CPU."""
     from distill.data.dataset import PackedBatch, PackedTargets
-    from distill.data.jpeg import decode_view
 
     view = open_view(built.dataset, "train", FIVE, built.stats_dir)
     images: dict[str, torch.Tensor] = {}
     stored: dict[str, dict[str, Any]] = {name: {} for name in FIVE}
     for shard in view.shards:
-        for sample in iter_shard(built.dataset / "images" / shard.name):
-            images[sample.key] = decode_view(sample.files["jpg"], 64, sample.key)
+        for key, jpeg in _tarfile_members(built.dataset / "images" / shard.name, "jpg").items():
+            with Image.open(io.BytesIO(jpeg)) as image:
+                images[key] = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
         for name in FIVE:
-            for sample in iter_shard(built.dataset / name / shard.name):
-                stored[name][sample.key] = parse_sample(sample.files[f"{name}.safetensors"], sample.key)
+            blobs = _tarfile_members(built.dataset / name / shard.name, f"{name}.safetensors")
+            stored[name].update({key: parse_sample(blob, key) for key, blob in blobs.items()})
 
     def batch(keys: list[str]) -> Batch:
         targets = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,66 @@ def test_mapped_members_equal_read_members_and_truncation_is_named(tmp_path: Pat
     ) as info:
         list(iter_shard_buffers(path, None, []))
     assert info.value.key == "k2"
+
+
+def _tar(members: Sequence[tuple[str, bytes | None]], **options: object) -> bytes:
+    """A tar of regular files (bytes) and directories (None), written by tarfile with ``options``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", **options) as archive:  # type: ignore[call-overload]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.uid = 1 << 30 if name.startswith("big-uid") else 0  # base-256 in the GNU format
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            archive.addfile(info, None if data is None else io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _edited(data: bytes, member: int, start: int, field: bytes, checksum: bool = True) -> bytes:
+    """``data`` with bytes ``start:`` of member ``member``'s header (each member here is one header and one
+    data block) replaced by ``field``, and the checksum recomputed unless ``checksum`` is False."""
+    at = member * 1024
+    block = bytearray(data[at : at + 512])
+    block[start : start + len(field)] = field
+    if checksum:
+        block[148:156] = b" " * 8
+        block[148:155] = b"%06o\0" % sum(block)
+    return data[:at] + bytes(block) + data[at + 512 :]
+
+
+def test_fast_tar_headers_read_as_tarfile_reads_them(tmp_path: Path) -> None:
+    """Shards' plain headers are parsed in distill.data.shards, the rest by tarfile itself: members,
+    data offsets and ends are what iterating the TarFile gives, for ustar names split into a prefix,
+    GNU long names, pax and global pax headers, directories, base-256 numbers, an old-style
+    directory, and headers tarfile refuses mid-archive (bad checksum, a number that is not octal),
+    where it ends the archive."""
+    from distill.data.shards import _members
+
+    files = [(f"k{i}.jpg", bytes([i]) * 100) for i in range(4)]
+    deep = "d" * 90 + "/" + "n" * 90 + ".jpg"  # > 100 characters: ustar splits it into prefix and name
+    plain = _tar(files, format=tarfile.GNU_FORMAT)
+    cases = {
+        "ustar prefix": _tar([files[0], (deep, b"x"), files[1]], format=tarfile.USTAR_FORMAT),
+        "gnu long name": _tar([files[0], (deep, b"x"), files[1]], format=tarfile.GNU_FORMAT),
+        "pax header": _tar([files[0], ("ü.jpg", b"x"), files[1]], format=tarfile.PAX_FORMAT),
+        "global pax": _tar(files, format=tarfile.PAX_FORMAT, pax_headers={"path": "g.jpg"}),
+        "directory": _tar([files[0], ("dir", None), files[1]], format=tarfile.GNU_FORMAT),
+        "base-256 uid": _tar([files[0], ("big-uid.jpg", b"x"), files[1]], format=tarfile.GNU_FORMAT),
+        "old-style directory": _edited(_edited(plain, 2, 0, b"k2/\0"), 2, 156, b"\0"),
+        "bad checksum": _edited(plain, 2, 0, b"z", checksum=False),
+        "mode not octal": _edited(plain, 2, 100, b"0000999\0"),
+        "size not octal": _edited(plain, 2, 124, b"0000000000x\0"),
+    }
+    for case, data in cases.items():
+        path = tmp_path / "case.tar"
+        path.write_bytes(data)
+        with tarfile.open(path, "r:") as archive:
+            expected = [(m.name, m.offset_data, m.size, m.isreg()) for m in archive]
+        with tarfile.open(path, "r:") as archive:
+            got = [(m.name, m.offset_data, m.size, m.regular) for m in _members(archive)]
+        assert got == expected, case
+        assert len(expected) >= (2 if case in ("bad checksum", "mode not octal", "size not octal") else 3), (
+            case
+        )

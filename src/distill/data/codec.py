@@ -271,7 +271,7 @@ def _views(blob: bytearray | memoryview, header: dict[str, Any], start: int) -> 
         )
         if flat.data_ptr() % dtype.itemsize:  # a blob written unaligned: copy rather than misalign
             flat = flat.clone()
-        tensors[name] = flat.view(shape)
+        tensors[name] = flat if len(shape) == 1 else flat.view(shape)
     if end != len(blob) - start:
         raise ValueError(f"the tensors cover {end} bytes of a {len(blob) - start}-byte data section")
     return tensors

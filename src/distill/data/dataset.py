@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from distill.data.codec import StoredFeatures, parse_sample
@@ -225,6 +226,18 @@ class PackedBatch:
         return Batch(self.keys, self.images.to(device, non_blocking=True), targets)
 
 
+def _stack_into(rows: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``torch.stack(rows, out=out)``; uint8 rows (the images: ``[3, S, S]`` views of channels-last
+    decodes) are copied by numpy, whose strided copy transposes them ~3x faster than torch's
+    (0.05 against 0.15 ms per 224 px image here)."""
+    if out.dtype != torch.uint8 or any(r.dtype != torch.uint8 or r.shape != out.shape[1:] for r in rows):
+        torch.stack(rows, out=out)
+        return
+    target = out.numpy()
+    for i, row in enumerate(rows):
+        np.copyto(target[i], row.numpy())
+
+
 @dataclass
 class DecodedSample:
     key: str
@@ -244,10 +257,10 @@ def check_stored(stored: StoredFeatures, key: str, teacher: str, record: Teacher
         raise ValueError(
             f"{where}: stored as {got}, the manifest says {record.storage_label}; re-extract {teacher!r}"
         )
-    spec = record.target_spec
-    if tuple(stored.patch.shape) != (*spec.grid, spec.channels):
+    spec = record.spec  # its grid as stored is record.stored_grid (record.target_spec, without building it)
+    if tuple(stored.patch.shape) != (*record.stored_grid, spec.channels):
         raise ValueError(
-            f"{where}: patch {tuple(stored.patch.shape)} but the manifest says {(*spec.grid, spec.channels)}"
+            f"{where}: patch {tuple(stored.patch.shape)} but the manifest says {(*record.stored_grid, spec.channels)}"
         )
     cls_shape = None if stored.cls is None else tuple(stored.cls.shape)
     if cls_shape != (None if spec.cls_channels is None else (spec.cls_channels,)):
@@ -367,7 +380,7 @@ class DatasetView:
         tensors = [None if p is None else p.view(buffer) for p in places]
         for rows, out in zip(fields, tensors, strict=True):
             if rows is not None and out is not None:
-                torch.stack(rows, out=out)
+                _stack_into(rows, out)
         return PackedBatch.of([s.key for s in samples], list(self.records), tensors)
 
     def collate(self, samples: Sequence[DecodedSample]) -> Batch:

@@ -9,6 +9,7 @@ their bytes into memory (the resume path of the loader relies on this).
 
 from __future__ import annotations
 
+import functools
 import mmap
 import tarfile
 from collections.abc import Callable, Iterator
@@ -103,19 +104,108 @@ def split_member(name: str, path: Path) -> tuple[str, str]:
     return key, ext
 
 
-def _extracted(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    handle = archive.extractfile(member)
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """A tar member as the readers need it; ``info`` is tarfile's own where tarfile parsed the header."""
+
+    name: str
+    offset_data: int
+    size: int
+    regular: bool
+    info: tarfile.TarInfo | None = None
+
+    @classmethod
+    def of(cls, info: tarfile.TarInfo) -> _Member:
+        return cls(info.name, info.offset_data, info.size, info.isreg(), info)
+
+    @property
+    def sparse(self) -> bool:
+        return self.info is not None and self.info.issparse()
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _octal(field: bytes) -> int:
+    """A tar number field as tarfile's ``nti`` reads it; ValueError where it would refuse it or where
+    it is base-256 (left to tarfile)."""
+    if field[0] in (0o200, 0o377):
+        raise ValueError("base-256 number")
+    return int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+
+
+@functools.lru_cache(maxsize=64)
+def _other_numbers_valid(fields: bytes) -> bool:
+    """Whether tarfile reads the number fields it checks besides size and checksum (mode, uid, gid,
+    mtime; devmajor, devminor), given as ``block[100:124] + block[136:148] + block[329:345]``: a
+    header it would refuse must not pass here. A shard's headers mostly repeat them, hence the cache."""
+    try:
+        for start, stop in ((0, 8), (8, 16), (16, 24), (24, 36), (36, 44), (44, 52)):
+            _octal(fields[start:stop])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _plain_member(block: bytes, offset: int, encoding: str, errors: str) -> _Member | None:
+    """The regular file whose 512-byte header is ``block`` (read at ``offset``), parsed as tarfile
+    parses it, or None for any other block (end of archive, bad checksum, extended, sparse or
+    non-file headers): tarfile then reads that one itself, with its own errors and ends.
+
+    TarInfo.frombuf and TarFile.next in Python were most of a loader worker's reading time.
+    """
+    if len(block) != _BLOCK or block[156:157] not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        return None
+    if not _other_numbers_valid(block[100:124] + block[136:148] + block[329:345]):
+        return None
+    try:
+        size = _octal(block[124:136])
+        checksum = _octal(block[148:156])
+        name = block[:100].split(b"\0", 1)[0].decode(encoding, errors)
+        prefix = block[345:500].split(b"\0", 1)[0].decode(encoding, errors)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if size < 0 or checksum != 256 + sum(block) - sum(block[148:156]):  # tarfile also tries signed bytes
+        return None
+    if block[156:157] == tarfile.AREGTYPE and name.endswith("/"):  # an old-style directory
+        return None
+    return _Member(f"{prefix}/{name}" if prefix else name, offset + _BLOCK, size, True)
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _members(archive: tarfile.TarFile) -> Iterator[_Member]:
+    """The archive's members in order, as iterating the TarFile gives them."""
+    handle = archive.fileobj
+    assert handle is not None  # opened from a path
+    info = archive.next()
+    while info is not None:
+        yield _Member.of(info)
+        while not archive.pax_headers:  # global extended headers apply to what follows: tarfile reads on
+            handle.seek(archive.offset)
+            member = _plain_member(handle.read(_BLOCK), archive.offset, archive.encoding, archive.errors)
+            if member is None:
+                break
+            archive.offset = member.offset_data + _padded(member.size)
+            yield member
+        info = archive.next()
+
+
+def _extracted(archive: tarfile.TarFile, member: _Member) -> bytes:
+    handle = None if member.info is None else archive.extractfile(member.info)
     if handle is None:  # only for members that are not regular files, which are skipped before
         raise tarfile.ReadError(f"member {member.name!r} has no data")
     return handle.read()
 
 
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+def _read_member(archive: tarfile.TarFile, member: _Member) -> bytes:
     """A regular member's bytes in one read from its data offset."""
     handle = archive.fileobj
-    if member.issparse() or handle is None:
+    if member.sparse or handle is None:
         return _extracted(archive, member)
-    handle.seek(member.offset_data)  # TarFile.next seeks back to the next header itself
+    handle.seek(member.offset_data)
     data: bytes = handle.read(member.size)
     if len(data) != member.size:
         raise tarfile.ReadError("unexpected end of data")
@@ -133,9 +223,9 @@ class _MappedReader:
     def __init__(self) -> None:
         self.mapped: mmap.mmap | None = None
 
-    def __call__(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> memoryview:
+    def __call__(self, archive: tarfile.TarFile, member: _Member) -> memoryview:
         handle = archive.fileobj
-        if member.issparse() or handle is None or not hasattr(handle, "fileno"):
+        if member.sparse or handle is None or not hasattr(handle, "fileno"):
             return memoryview(bytearray(_extracted(archive, member)))
         if self.mapped is None:
             self.mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -146,7 +236,7 @@ class _MappedReader:
 
 
 class _Tracker:
-    """Called for every member name: counts samples, checks keys, decides reads."""
+    """Called with every member's key: counts samples, checks keys, decides reads."""
 
     def __init__(self, path: Path, want: Want | None) -> None:
         self.path, self.want = path, want
@@ -154,8 +244,7 @@ class _Tracker:
         self.wanted = True
         self.seen: set[str] = set()
 
-    def __call__(self, name: str) -> bool:
-        key, _ = split_member(name, self.path)
+    def __call__(self, key: str) -> bool:
         if key != self.key:
             if key in self.seen:
                 raise ShardError(
@@ -188,7 +277,7 @@ def iter_shard_buffers(path: Path, want: Want | None, total: list[int]) -> Itera
 
 
 def _iter_members(
-    path: Path, want: Want | None, total: list[int], read: Callable[[tarfile.TarFile, tarfile.TarInfo], T]
+    path: Path, want: Want | None, total: list[int], read: Callable[[tarfile.TarFile, _Member], T]
 ) -> Iterator[tuple[str, int, dict[str, T]]]:
     if not path.is_file():
         raise ShardError(
@@ -201,10 +290,12 @@ def _iter_members(
         # joins them, which was half a loader worker's time with real-size features), and the
         # members of unwanted samples are seeked over.
         with tarfile.open(path, "r:") as archive:
-            for member in archive:
-                if not member.isreg() or not tracker(member.name):
+            for member in _members(archive):
+                if not member.regular:
                     continue
                 key, ext = split_member(member.name, path)
+                if not tracker(key):
+                    continue
                 if current is None or current[0] != key:
                     if current is not None:
                         yield current
