@@ -201,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         "note": "process CPU time on a shared 2-core machine (other jobs running); best of the repeats. "
         "with_transport: the worker process of the real loader (device='cpu', one worker, shared-memory "
         "slots), end to end. loader_main_ms_per_sample is the main process with device='cpu', so it includes "
-        "dequantising to float32 on the CPU, which a GPU run does on the device. Before this change (same "
-        "benchmark, commit bd3c997): 3.47 ms per sample, 288 samples/s per core, 130 with transport "
+        "dequantising to float32 on the CPU, which a GPU run does on the device. Before simplejpeg, the numpy "
+        "image transpose and the tar header parser (commit d39712c, same benchmark and dataset, alternating "
+        "with this code under the same load: before_after_same_load): 1.68-1.75 ms per sample, 1.85-2.14 ms "
+        "with transport; before the shared-memory slots (commit bd3c997): 3.47 ms per sample "
         f"(median worker ms per sample here: {statistics.median(per_sample) * 1e3:.3f})",
     }
     write_result(args.output, result)
