@@ -10,7 +10,9 @@ their bytes into memory (the resume path of the loader relies on this).
 from __future__ import annotations
 
 import functools
+import io
 import mmap
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -177,15 +179,20 @@ def _padded(size: int) -> int:
 
 
 def _members(archive: tarfile.TarFile) -> Iterator[_Member]:
-    """The archive's members in order, as iterating the TarFile gives them."""
+    """The archive's members in order, as iterating the TarFile gives them.
+
+    Headers are read with ``os.pread``: the file position stays where tarfile and the member
+    readers left it, so ``TarFile.next`` still finds a header offset past the end of a cut file.
+    """
     handle = archive.fileobj
-    assert handle is not None  # opened from a path
+    assert isinstance(handle, io.BufferedReader)  # opened from a path
+    fd = handle.fileno()
     info = archive.next()
     while info is not None:
         yield _Member.of(info)
         while not archive.pax_headers:  # global extended headers apply to what follows: tarfile reads on
-            handle.seek(archive.offset)
-            member = _plain_member(handle.read(_BLOCK), archive.offset, archive.encoding, archive.errors)
+            block = os.pread(fd, _BLOCK, archive.offset)
+            member = _plain_member(block, archive.offset, archive.encoding, archive.errors)
             if member is None:
                 break
             archive.offset = member.offset_data + _padded(member.size)
