@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "slots), end to end. loader_main_ms_per_sample is the main process with device='cpu', so it includes "
         "dequantising to float32 on the CPU, which a GPU run does on the device. Before simplejpeg, the numpy "
         "image transpose and the tar header parser (commit d39712c, same benchmark and dataset, alternating "
-        "with this code under the same load: before_after_same_load): 1.68-1.75 ms per sample, 1.85-2.14 ms "
+        "with this code under the same load: before_after_same_load): 1.71-1.88 ms per sample, 2.16 ms "
         "with transport; before the shared-memory slots (commit bd3c997): 3.47 ms per sample "
         f"(median worker ms per sample here: {statistics.median(per_sample) * 1e3:.3f})",
     }
