@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from distill.losses import LossConfig, cosine_distance, distillation_loss, pixel_mse
+from distill.models.keypoints import SpriteSearch
 from distill.models.student import StudentOutput
 
 
@@ -45,21 +46,28 @@ def test_pixel_mse_compares_against_unit_float_images() -> None:
         pixel_mse(torch.from_numpy(pixels), torch.from_numpy(images)[:, :, :4])
 
 
-@pytest.mark.parametrize(("pixel_weight", "search_weight"), [(1.0, 1.0), (4.0, 0.5), (0.0, 1.0)])
+@pytest.mark.parametrize(
+    ("pixel_weight", "search_weight", "assign_weight"),
+    [(1.0, 1.0, 0.1), (4.0, 0.5, 0.0), (2.0, 0.0, 0.3), (0.0, 1.0, 1.0)],
+)
 def test_the_sprite_search_is_weighted_relative_to_the_pixel_term(
-    pixel_weight: float, search_weight: float
+    pixel_weight: float, search_weight: float, assign_weight: float
 ) -> None:
-    """Its weight is sprite_search * pixel_mse: switching the pixel term off switches the search off."""
+    """The change weighs sprite_search * pixel_mse over pixel_scale (MSE units, like the pixel term), the
+    assignment sprite_assign * pixel_mse (nats): switching the pixel term off switches the search off."""
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     pixels = torch.full((2, 3, 4, 4), 0.1)
-    search = torch.tensor(-0.002)
+    search = SpriteSearch(change=torch.tensor(-0.002), assignment=torch.tensor(1.5))
     output = StudentOutput(z=torch.zeros(2, 4), features={}, pixels=pixels, sprite_search=search)
-    cfg = LossConfig(pixel_mse=pixel_weight, sprite_search=search_weight, pixel_scale=0.5)
+    cfg = LossConfig(
+        pixel_mse=pixel_weight, sprite_search=search_weight, sprite_assign=assign_weight, pixel_scale=0.5
+    )
     if pixel_weight == 0:
         with pytest.raises(ValueError, match="nothing to train"):
             distillation_loss(output, {}, images, cfg)
         return
     loss = distillation_loss(output, {}, images, cfg)
-    assert float(loss.terms["sprites/total"]) == pytest.approx(pixel_weight * search_weight * -0.002 / 0.5)
-    want = (pixel_weight * 0.01 + pixel_weight * search_weight * -0.002) / 0.5
-    assert float(loss.total) == pytest.approx(want, rel=1e-5)
+    sprites = pixel_weight * (search_weight * -0.002 / 0.5 + assign_weight * 1.5)
+    assert float(loss.terms["sprites/total"]) == pytest.approx(sprites)
+    assert float(loss.terms["sprites/assignment"]) == 1.5
+    assert float(loss.total) == pytest.approx(pixel_weight * 0.01 / 0.5 + sprites, rel=1e-5)

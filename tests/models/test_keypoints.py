@@ -153,34 +153,71 @@ def test_the_search_scores_its_one_candidate_twice_once_fitted() -> None:
     gen = torch.Generator().manual_seed(3)
     pixels, target = (torch.rand(2, 3, 10, 10, dtype=torch.float64, generator=gen) for _ in range(2))
     candidate = torch.tensor([[[[0.45, 0.75]]], [[[0.15, 0.25]]]], dtype=torch.float64)  # [2, 1, 1, 2]
-    search = sprites.search(pixels, target, torch.ones(2, 1, 1, dtype=torch.float64), candidate)
+    search = sprites.search(pixels, target, torch.zeros(2, 1, 1, dtype=torch.float64), candidate)
     drawn = sprites._draw(pixels, candidate[:, 0, 0], 0, opaque=True)
     brute = ((drawn - target).square() - (pixels - target).square()).sum((1, 2, 3)).mean() / (3 * 10 * 10)
-    torch.testing.assert_close(search, 2 * brute, rtol=1e-3, atol=0.0)  # the map's blur stops at 4 sigma
-    (search_colour,) = torch.autograd.grad(search, sprites.colour)
+    torch.testing.assert_close(
+        search.change, 2 * brute, rtol=1e-3, atol=0.0
+    )  # the map's blur stops at 4 sigma
+    assert float(search.assignment) == 0.0  # one candidate: the softmax already puts all its weight there
+    (search_colour,) = torch.autograd.grad(search.change, sprites.colour)
     (brute_colour,) = torch.autograd.grad(brute, sprites.colour)
     torch.testing.assert_close(search_colour, brute_colour)
     assert float(search_colour.abs().sum()) > 0
 
 
-def test_the_search_pulls_the_softmax_towards_where_a_sprite_helps() -> None:
-    """A dark dot on a white image: the candidate on the dot lowers the error, so its weight goes up."""
-    sprites = _sprites(1)
+def _dot_scene() -> tuple[KeypointSprites, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dark dot on a white image the decoder drew as background only, a dark sprite, and three candidates:
+    on the dot (index 0), far from it, and between."""
+    sprites = _sprites(2)
     with torch.no_grad():
         sprites.colour.fill_(0.0)
         sprites.log_radius.fill_(float(np.log(0.04)))
     target = torch.ones(1, 3, 16, 16, dtype=torch.float64)
     target[..., 11:13, 3:5] = 0.0  # the dot, centred at (4/16, 12/16)
-    pixels = torch.ones_like(target)  # the decoder drew the background only
-    candidates = torch.tensor(
-        [[[[0.25, 0.75]], [[0.75, 0.25]], [[0.5, 0.5]]]], dtype=torch.float64
-    )  # [1, 3, 1, 2]
-    logits = torch.zeros(1, 3, 1, dtype=torch.float64, requires_grad=True)
-    search = sprites.search(pixels, target, logits.softmax(1), candidates)
-    assert float(search) < 0
-    search.backward()
+    candidates = torch.tensor([[[0.25, 0.75]], [[0.75, 0.25]], [[0.5, 0.5]]], dtype=torch.float64)
+    return sprites, torch.ones_like(target), target, candidates[None].expand(1, 3, 2, 2)
+
+
+@pytest.mark.parametrize("part", ["change", "assignment"])
+def test_the_search_pulls_the_softmax_towards_where_a_sprite_helps(part: str) -> None:
+    """Uniform weights: both parts raise the dot's candidate most under gradient descent."""
+    sprites, pixels, target, candidates = _dot_scene()
+    logits = torch.zeros(1, 3, 2, dtype=torch.float64, requires_grad=True)
+    search = sprites.search(pixels, target, logits.log_softmax(1), candidates)
+    assert float(search.change) < 0
+    getattr(search, part).backward()
     assert logits.grad is not None
-    assert int(logits.grad[0, :, 0].argmin()) == 0  # gradient descent raises the dot's candidate most
+    assert int(logits.grad[0, :, 0].argmin()) == 0
+
+
+def test_the_assignment_finds_the_dot_from_a_softmax_settled_elsewhere() -> None:
+    """A keypoint whose softmax sits on the far candidate: the averaged change no longer reaches the dot's
+    weight (a sprite that settled on a large object never finds a small one); the cross-entropy does."""
+    sprites, pixels, target, candidates = _dot_scene()
+    logits = (
+        torch.tensor([0.0, 40.0, 0.0], dtype=torch.float64)[None, :, None].repeat(1, 1, 2).requires_grad_()
+    )
+    search = sprites.search(pixels, target, logits.log_softmax(1), candidates)
+    (from_change,) = torch.autograd.grad(search.change, logits, retain_graph=True)
+    (from_assignment,) = torch.autograd.grad(search.assignment, logits)
+    assert abs(float(from_change[0, 0, 0])) < 1e-12
+    assert float(from_assignment[0, 0, 0]) == pytest.approx(-0.5)  # (softmax - one-hot) / 2 sprites
+    assert float(search.assignment) == pytest.approx(40.0, rel=1e-6)
+
+
+def test_each_sprite_is_scored_over_the_sprites_before_it() -> None:
+    """A dark dot and a grey one: sprite 0 looks at the dark dot and, opaque as the search draws it, covers
+    it, so sprite 1's best candidate is the grey dot, not the one that helps most on the bare decode."""
+    sprites, pixels, target, candidates = _dot_scene()
+    target[..., 3:5, 11:13] = 0.5  # the grey dot, under candidate 1
+    with torch.no_grad():
+        sprites.opacity_logit.fill_(0.0)  # half opaque: drawn at that opacity, the dark dot would stay best
+    logits = torch.tensor([[40.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)[None].requires_grad_()
+    search = sprites.search(pixels, target, logits.log_softmax(1), candidates)
+    (grad,) = torch.autograd.grad(search.assignment, logits)
+    assert int(grad[0, :, 0].argmin()) == 0  # sprite 0: the dark dot
+    assert int(grad[0, :, 1].argmin()) == 1  # sprite 1: the grey dot; the dark one is drawn already
 
 
 def test_sprites_keep_every_output_a_function_of_z_and_the_search_only_trains() -> None:
@@ -202,14 +239,16 @@ def test_sprites_keep_every_output_a_function_of_z_and_the_search_only_trains() 
     student.train()
     out = student(batch)
     assert out.sprite_search is not None and out.pixels is not None
-    # The search reads the decoded image as it stands (sprites drawn) and the encoder's candidates.
-    _, found = student.to_z.project(student.backbone_tokens(batch), student.grid_of(batch))
-    assert found is not None
-    weights, candidates = found
-    assert student.sprites is not None
-    expected = student.sprites.search(out.pixels.detach(), batch.float() / 255, weights, candidates)
-    torch.testing.assert_close(out.sprite_search, expected)
-    assert float(out.sprite_search) != 0.0
+    # The search reads the pixel head's output before any sprite is drawn, and the encoder's candidates.
+    z, found = student.to_z.project(student.backbone_tokens(batch), student.grid_of(batch))
+    assert found is not None and student.sprites is not None and student.pixel_head is not None
+    assert student.decoder is not None
+    undrawn = student.pixel_head(student.decoder(z, student.grid_of(batch)))
+    assert (undrawn - out.pixels).abs().amax() > 1e-4  # the sprites do draw something
+    expected = student.sprites.search(undrawn.detach(), batch.float() / 255, *found)
+    torch.testing.assert_close(out.sprite_search.change, expected.change)
+    torch.testing.assert_close(out.sprite_search.assignment, expected.assignment)
+    assert float(out.sprite_search.change) != 0.0
 
 
 def test_sprites_need_keypoints_and_a_pixel_head() -> None:

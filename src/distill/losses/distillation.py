@@ -43,6 +43,9 @@ class LossConfig:
     # where its keypoint's softmax looks), relative to the pixel term: its weight is sprite_search * pixel_mse,
     # so switching the pixel term off switches the search off too.
     sprite_search: float = 1.0
+    # Its assignment part (SpriteSearch.assignment, a cross-entropy in nats, not divided by pixel_scale):
+    # weight sprite_assign * pixel_mse.
+    sprite_assign: float = 0.1
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     commit: float = 0.25  # VQ commitment loss weight (beta of van den Oord et al.), pulls z to its codes
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
@@ -54,6 +57,7 @@ class LossConfig:
             "cls_cos": self.cls_cos,
             "pixel_mse": self.pixel_mse,
             "sprite_search": self.sprite_search,
+            "sprite_assign": self.sprite_assign,
             "commit": self.commit,
         }
         named |= {f"teacher_weights[{name!r}]": weight for name, weight in self.teacher_weights.items()}
@@ -141,13 +145,21 @@ def distillation_loss(
         if total is not None:
             totals.append(total)
         if output.sprite_search is not None:
-            search = output.sprite_search.float()
-            weight = cfg.sprite_search * cfg.pixel_mse
-            total = _weighted_sum({"mse": search}, {"mse": weight}, scale=1.0 / cfg.pixel_scale)
-            terms["sprites/search_mse_change"], terms["sprites/total"] = (
-                search.detach(),
-                _report(total, search),
+            change = output.sprite_search.change.float()
+            assignment = output.sprite_search.assignment.float()
+            weighted = [
+                _weighted_sum(
+                    {"mse": change}, {"mse": cfg.sprite_search * cfg.pixel_mse}, 1.0 / cfg.pixel_scale
+                ),
+                _weighted_sum({"ce": assignment}, {"ce": cfg.sprite_assign * cfg.pixel_mse}, 1.0),
+            ]
+            parts = [part for part in weighted if part is not None]
+            total = torch.stack(parts).sum() if parts else None
+            terms["sprites/search_mse_change"], terms["sprites/assignment"] = (
+                change.detach(),
+                assignment.detach(),
             )
+            terms["sprites/total"] = _report(total, change)
             if total is not None:
                 totals.append(total)
 

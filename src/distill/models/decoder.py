@@ -36,16 +36,16 @@ class ZProjection(nn.Module):
     def project(
         self, tokens: torch.Tensor, grid: tuple[int, int]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """z, and with keypoints their softmax weights [B, N, K] and candidate positions [B, N, K, 2]
+        """z, and with keypoints their log-softmax weights [B, N, K] and candidate positions [B, N, K, 2]
         from the same pass (what the sprites' search scores), else None."""
         z = self.linear(self.norm(tokens[:, 0]))
         if self.z_norm is not None:
             z = self.z_norm(z)
         if self.keypoints is None:
             return z, None
-        weights, positions = self.keypoints.candidates(tokens[:, 1:], grid)
-        points = (weights[..., None] * positions).sum(dim=1)
-        return torch.cat([z, points_to_z(points)], dim=1), (weights, positions)
+        log_weights, positions = self.keypoints.candidates(tokens[:, 1:], grid)
+        points = (log_weights.exp()[..., None] * positions).sum(dim=1)
+        return torch.cat([z, points_to_z(points)], dim=1), (log_weights, positions)
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:

@@ -14,12 +14,26 @@ Coordinates are in [0, 1] of the image (x right, y down); inside z they are cent
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 POSITION_SCALE = math.sqrt(12.0)
+
+
+@dataclass(frozen=True)
+class SpriteSearch:
+    """The sprites' search terms (:meth:`KeypointSprites.search`), scalars summed over the sprites.
+
+    ``change``: the pixel MSE change were the sprites drawn where their keypoints look, plus where they
+    would help most (negative is good). ``assignment``: the mean cross-entropy of each keypoint's softmax
+    against its sprite's best candidate.
+    """
+
+    change: torch.Tensor
+    assignment: torch.Tensor
 
 
 def cell_centres(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
@@ -44,20 +58,20 @@ class KeypointPooling(nn.Module):
         self.offsets = nn.Linear(width, 2 * count)
 
     def candidates(self, patches: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each point looks: softmax weights [B, N, K] over the patches and each patch's candidate
+        """Where each point looks: log-softmax weights [B, N, K] over the patches and each patch's candidate
         position [B, N, K, 2] (its centre plus its offset); a point is their weighted mean."""
         batch, tokens, _ = patches.shape
         if tokens != grid[0] * grid[1]:
             raise ValueError(f"{tokens} patch tokens do not fill a {grid[0]}x{grid[1]} grid")
         x = self.norm(patches)
-        weights = self.logits(x).softmax(dim=1)
+        log_weights = self.logits(x).log_softmax(dim=1)
         half_cell = 0.5 / torch.tensor([grid[1], grid[0]], dtype=x.dtype, device=x.device)
         offsets = torch.tanh(self.offsets(x)).reshape(batch, tokens, self.count, 2) * half_cell
-        return weights, cell_centres(grid, x.device).to(x.dtype)[None, :, None] + offsets
+        return log_weights, cell_centres(grid, x.device).to(x.dtype)[None, :, None] + offsets
 
     def forward(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        weights, positions = self.candidates(patches, grid)
-        return (weights[..., None] * positions).sum(dim=1)
+        log_weights, positions = self.candidates(patches, grid)
+        return (log_weights.exp()[..., None] * positions).sum(dim=1)
 
 
 def points_to_z(points: torch.Tensor) -> torch.Tensor:
@@ -106,8 +120,8 @@ class KeypointSprites(nn.Module):
 
     A sprite only changes the pixels near its point, so the pixel loss alone cannot pull a point
     across the image onto an object it should draw. :meth:`search` gives that pull: the change in
-    pixel error were the sprite drawn at each patch's candidate position, averaged under the
-    keypoint's softmax, so the softmax learns to look where a sprite would help most.
+    pixel error were the sprite drawn at each patch's candidate position, so the softmax learns to
+    look where a sprite would help most.
     """
 
     def __init__(self, count: int, radius: float = 0.025) -> None:
@@ -123,38 +137,49 @@ class KeypointSprites(nn.Module):
         return pixels
 
     def search(
-        self, pixels: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, candidates: torch.Tensor
-    ) -> torch.Tensor:
-        """How much the pixel MSE would drop were the sprites drawn where their keypoints look.
+        self, pixels: torch.Tensor, target: torch.Tensor, log_weights: torch.Tensor, candidates: torch.Tensor
+    ) -> SpriteSearch:
+        """Where each sprite would lower the pixel error most, and how far its keypoint looks from there.
 
-        ``pixels`` [B, 3, H, W] are the student's decoded image as it stands, sprites included
-        (treated as fixed: the search looks for what the whole decoder still gets wrong, while the
-        pixel term keeps a sprite where it already helps); ``target`` the true image; ``weights``
-        [B, N, K] and ``candidates`` [B, N, K, 2] the keypoints' softmax and positions
-        (:meth:`KeypointPooling.candidates`). Two parts per sprite: the error change averaged under
-        the softmax, which moves the softmax towards candidates where the sprite helps; and the change
-        at the single best candidate, which fits the sprite's colour and size to what it could draw
-        there (fitted under the average instead, the colour drifts to the background, where most
-        candidates are and where a background-coloured sprite changes nothing). Before sprite k is
-        scored, sprites < k are drawn once more at their pooled points, so later sprites look past them.
-        Computed in fp32 (it is a difference of two blurs), outside any autocast.
+        ``pixels`` [B, 3, H, W] are the pixel head's output before any sprite is drawn (treated as
+        fixed); ``target`` the true image; ``log_weights`` [B, N, K] and ``candidates`` [B, N, K, 2]
+        the keypoints' log-softmax and positions (:meth:`KeypointPooling.candidates`). Sprites are
+        scored greedily in keypoint order: sprite k over the decode with sprites < k drawn, opaque as
+        the search draws them, at their pooled points. Each one looks for what the decoder and the
+        earlier sprites still miss (drawn at their learned opacity, an object half drawn by one sprite
+        stays the best place for the next, and several stack on it), and a sprite that already draws
+        an object keeps finding its best candidate there.
+
+        Per sprite: the error change averaged under the softmax and the change at the single best
+        candidate, drawn there (fitting the sprite's colour and size to what it could draw; fitted
+        under the average instead, the colour drifts to the background, where most candidates are),
+        add up to :attr:`SpriteSearch.change`; the cross-entropy of the softmax against that best
+        candidate is :attr:`SpriteSearch.assignment`. The average alone pulls a softmax only where it
+        already puts weight, so a keypoint that settled on a large object never finds a small one
+        that a sprite would draw better; the cross-entropy pulls it there from anywhere.
+        Computed in fp32 (the map is a difference of two blurs), outside any autocast.
         """
         height, width = pixels.shape[-2:]
         # One kernel size for every blur of the call: 4 sigma of the widest sprite (one host sync).
         half = max(1, math.ceil(4 * float(self.log_radius.detach().exp().max()) * width))
         dtype = torch.promote_types(pixels.dtype, torch.float32)
-        total = pixels.new_zeros((), dtype=dtype)
+        change = assignment = pixels.new_zeros((), dtype=dtype)
         with torch.autocast(pixels.device.type, enabled=False):
-            pixels, target, weights, candidates = (t.to(dtype) for t in (pixels, target, weights, candidates))
+            pixels, target, log_weights, candidates = (
+                t.to(dtype) for t in (pixels, target, log_weights, candidates)
+            )
+            weights = log_weights.exp()
             for k in range(weights.shape[2]):
                 points = candidates[:, :, k]  # [B, N, 2]
-                change = _sample(self._error_change_map(pixels, target, k, half), points)  # [B, N]
-                best = points.detach().gather(1, change.detach().argmin(1)[:, None, None].expand(-1, 1, 2))
-                fitted = self._drawn_error_change(pixels, target, best[:, 0], k)
-                total = total + (weights[:, :, k] * change).sum(1).mean() + fitted.mean()
+                at_candidates = _sample(self._error_change_map(pixels, target, k, half), points)  # [B, N]
+                best = at_candidates.detach().argmin(1)  # [B]
+                best_point = points.detach().gather(1, best[:, None, None].expand(-1, 1, 2))[:, 0]
+                fitted = self._drawn_error_change(pixels, target, best_point, k)
+                change = change + (weights[:, :, k] * at_candidates).sum(1).mean() + fitted.mean()
+                assignment = assignment - log_weights[:, :, k].gather(1, best[:, None]).mean()
                 pooled = (weights[:, :, k, None] * points).sum(1)
-                pixels = self._draw(pixels, pooled, k).detach()
-        return total / (3 * height * width)
+                pixels = self._draw(pixels, pooled, k, opaque=True).detach()
+        return SpriteSearch(change / (3 * height * width), assignment / weights.shape[2])
 
     def _alpha(
         self, points: torch.Tensor, k: int, size: tuple[int, int], like: torch.Tensor, opaque: bool = False

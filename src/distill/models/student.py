@@ -23,7 +23,7 @@ from distill.models.checkpoint import (
 from distill.models.config import StudentConfig
 from distill.models.decoder import TokenDecoder, ZProjection
 from distill.models.heads import TeacherHead
-from distill.models.keypoints import KeypointSprites, points_from_z
+from distill.models.keypoints import KeypointSprites, SpriteSearch, points_from_z
 from distill.models.pixel_head import PixelHead
 from distill.models.quantize import Quantized, Quantizer, build_quantizer
 from distill.stats import FeatureStats
@@ -44,7 +44,7 @@ class StudentOutput:
     pixels: torch.Tensor | None
     codes: torch.Tensor | None = None
     commit: torch.Tensor | None = None
-    sprite_search: torch.Tensor | None = None
+    sprite_search: SpriteSearch | None = None
 
 
 class Student(nn.Module):
@@ -201,14 +201,14 @@ class Student(nn.Module):
         z, candidates = self.to_z.project(tokens, grid)
         z, quantized = self._quantize(z)
         if self.decoder is not None:
-            out = self._heads(z, self.decoder(z, grid))
+            out, undrawn = self._heads(z, self.decoder(z, grid))
         else:
-            out = self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
+            out, undrawn = self._heads(z, tokens[:, 1:].reshape(tokens.shape[0], *grid, -1))
         if quantized is not None:
             out.codes, out.commit = quantized.codes, quantized.commit
-        if self.training and self.sprites is not None and out.pixels is not None and candidates is not None:
-            target = to_unit_float(images.to(out.pixels.device))
-            out.sprite_search = self.sprites.search(out.pixels.detach(), target, *candidates)
+        if self.training and self.sprites is not None and undrawn is not None and candidates is not None:
+            target = to_unit_float(images.to(undrawn.device))
+            out.sprite_search = self.sprites.search(undrawn.detach(), target, *candidates)
         return out
 
     def predict(
@@ -236,7 +236,7 @@ class Student(nn.Module):
         if height % p or width % p:
             raise ValueError(f"image_size {(height, width)} is not a multiple of the patch size {p}")
         z = z.to(self.device)
-        out = self._heads(z, self.decoder(z, (height // p, width // p)))
+        out, _ = self._heads(z, self.decoder(z, (height // p, width // p)))
         if denormalize:
             out.features = self.denormalize(out.features)
         return out
@@ -254,12 +254,13 @@ class Student(nn.Module):
         """Attach the per-teacher stats the student was trained with (checked against its teacher specs)."""
         self.stats = check_stats(self.config, stats)
 
-    def _heads(self, z: torch.Tensor, tokens: torch.Tensor) -> StudentOutput:
+    def _heads(self, z: torch.Tensor, tokens: torch.Tensor) -> tuple[StudentOutput, torch.Tensor | None]:
+        """Every output, and the pixel head's output before the sprites are drawn (what they search over)."""
         features = {name: head(tokens, z) for name, head in self.heads.items()}
-        pixels = None if self.pixel_head is None else self.pixel_head(tokens)
+        undrawn = pixels = None if self.pixel_head is None else self.pixel_head(tokens)
         if pixels is not None and self.sprites is not None:
             pixels = self.sprites(pixels, points_from_z(z[:, z.shape[1] - 2 * self.config.z_keypoints :]))
-        return StudentOutput(z=z, features=features, pixels=pixels)
+        return StudentOutput(z=z, features=features, pixels=pixels), undrawn
 
     def save_pretrained(self, directory: str | Path, stats: Mapping[str, FeatureStats]) -> None:
         """Write ``config.json``, ``model.safetensors`` and ``stats/<teacher>.safetensors`` atomically.
