@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from distill.data.jpeg import decode_view, decode_view_hwc
+from distill.data.jpeg import _decoded_direct, decode_view, decode_view_hwc
 from distill.synthetic import render_scene
 
 
@@ -42,6 +42,7 @@ def test_views_decode_to_pillows_pixels(size: int, monkeypatch: pytest.MonkeyPat
         _sources(size), (75, 95, 100), (0, 1, 2), (False, True), ("RGB", "L")
     ):
         jpeg = _jpeg(image.convert(mode), quality=quality, subsampling=subsampling, progressive=progressive)
+        assert _decoded_direct(jpeg, size) is not None  # the fast path, not Pillow's
         decoded = decode_view_hwc(jpeg, size, "x").numpy()
         assert decoded.dtype == np.uint8 and decoded.flags.c_contiguous
         np.testing.assert_array_equal(decoded, _pillow(jpeg), err_msg=f"{mode} q{quality} s{subsampling}")

@@ -185,7 +185,10 @@ def _members(archive: tarfile.TarFile) -> Iterator[_Member]:
     readers left it, so ``TarFile.next`` still finds a header offset past the end of a cut file.
     """
     handle = archive.fileobj
-    assert isinstance(handle, io.BufferedReader)  # opened from a path
+    if not isinstance(handle, io.BufferedReader):  # the shard readers open archives from their paths
+        raise TypeError(
+            f"{archive.name!r}: headers are read from an archive opened from its path, got {handle!r}"
+        )
     fd = handle.fileno()
     info = archive.next()
     while info is not None:

@@ -79,8 +79,9 @@ class LossBreakdown:
 
     Term names: ``<teacher>/patch_cos``, ``<teacher>/patch_l1``, ``<teacher>/cls_cos`` (raw, unweighted),
     ``<teacher>/total`` (weighted contribution), ``pixels/mse``, ``pixels/total``, ``quantizer/commit``,
-    ``quantizer/total``, ``sprites/search_mse_change`` and ``sprites/total`` (a change of pixel error:
-    negative when the keypoint sprites would help where the keypoints look).
+    ``quantizer/total``, ``sprites/search_mse_change`` (a change of pixel error: negative when the keypoint
+    sprites would help where the keypoints look), ``sprites/assignment`` (a cross-entropy, nats) and
+    ``sprites/total`` (both, weighted).
     """
 
     total: torch.Tensor

@@ -25,11 +25,11 @@ POSITION_SCALE = math.sqrt(12.0)
 
 @dataclass(frozen=True)
 class SpriteSearch:
-    """The sprites' search terms (:meth:`KeypointSprites.search`), scalars summed over the sprites.
+    """The sprites' search terms (:meth:`KeypointSprites.search`), scalars.
 
     ``change``: the pixel MSE change were the sprites drawn where their keypoints look, plus where they
-    would help most (negative is good). ``assignment``: the mean cross-entropy of each keypoint's softmax
-    against its sprite's best candidate.
+    would help most, summed over the sprites (negative is good). ``assignment``: the cross-entropy of each
+    keypoint's softmax against its sprite's best candidate, averaged over the sprites.
     """
 
     change: torch.Tensor
