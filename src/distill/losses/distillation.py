@@ -148,14 +148,11 @@ def distillation_loss(
         if output.sprite_search is not None:
             change = output.sprite_search.change.float()
             assignment = output.sprite_search.assignment.float()
-            weighted = [
-                _weighted_sum(
-                    {"mse": change}, {"mse": cfg.sprite_search * cfg.pixel_mse}, 1.0 / cfg.pixel_scale
-                ),
-                _weighted_sum({"ce": assignment}, {"ce": cfg.sprite_assign * cfg.pixel_mse}, 1.0),
-            ]
-            parts = [part for part in weighted if part is not None]
-            total = torch.stack(parts).sum() if parts else None
+            total = _weighted_sum(  # the change in MSE units like the pixel term, the assignment in nats
+                {"change": change / cfg.pixel_scale, "assignment": assignment},
+                {"change": cfg.sprite_search, "assignment": cfg.sprite_assign},
+                scale=cfg.pixel_mse,
+            )
             terms["sprites/search_mse_change"], terms["sprites/assignment"] = (
                 change.detach(),
                 assignment.detach(),

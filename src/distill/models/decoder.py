@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.models.config import ZNorm
-from distill.models.keypoints import KeypointPooling, heatmaps, points_from_z, points_to_z
+from distill.models.keypoints import KeypointPooling, heatmaps, points_from_z, points_to_z, pooled_points
 from distill.models.znorm import ZBatchNorm
 
 
@@ -43,9 +43,8 @@ class ZProjection(nn.Module):
             z = self.z_norm(z)
         if self.keypoints is None:
             return z, None
-        log_weights, positions = self.keypoints.candidates(tokens[:, 1:], grid)
-        points = (log_weights.exp()[..., None] * positions).sum(dim=1)
-        return torch.cat([z, points_to_z(points)], dim=1), (log_weights, positions)
+        candidates = self.keypoints.candidates(tokens[:, 1:], grid)
+        return torch.cat([z, points_to_z(pooled_points(*candidates))], dim=1), candidates
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:

@@ -70,8 +70,12 @@ class KeypointPooling(nn.Module):
         return log_weights, cell_centres(grid, x.device).to(x.dtype)[None, :, None] + offsets
 
     def forward(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        log_weights, positions = self.candidates(patches, grid)
-        return (log_weights.exp()[..., None] * positions).sum(dim=1)
+        return pooled_points(*self.candidates(patches, grid))
+
+
+def pooled_points(log_weights: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The points [B, K, 2]: each keypoint's candidate positions [B, N, K, 2] averaged under its softmax."""
+    return (log_weights.exp()[..., None] * positions).sum(dim=1)
 
 
 def points_to_z(points: torch.Tensor) -> torch.Tensor:
