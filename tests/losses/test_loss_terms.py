@@ -71,3 +71,14 @@ def test_the_sprite_search_is_weighted_relative_to_the_pixel_term(
     assert float(loss.terms["sprites/total"]) == pytest.approx(sprites)
     assert float(loss.terms["sprites/assignment"]) == 1.5
     assert float(loss.total) == pytest.approx(pixel_weight * 0.01 / 0.5 + sprites, rel=1e-5)
+
+
+def test_the_assignment_fades_linearly_to_zero() -> None:
+    """sprite_assign_fade_steps=4: full weight at step 0, half at 2, none from 4 on; the rest unchanged."""
+    cfg = LossConfig(sprite_assign=0.2, sprite_assign_fade_steps=4, sprite_search=0.7)
+    weights = [cfg.at_step(step).sprite_assign for step in range(6)]
+    assert weights == pytest.approx([0.2, 0.15, 0.1, 0.05, 0.0, 0.0])
+    assert cfg.at_step(1).sprite_search == 0.7
+    assert LossConfig(sprite_assign=0.2).at_step(10_000).sprite_assign == 0.2  # 0: it never fades
+    with pytest.raises(ValueError, match="sprite_assign_fade_steps must be >= 0"):
+        LossConfig(sprite_assign_fade_steps=-1)

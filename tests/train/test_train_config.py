@@ -106,6 +106,8 @@ def test_sim_preset_is_the_tiny_student_with_keypoints_on_the_sim_schedule() -> 
     )
     assert (built.decoder_dim, built.decoder_heads) == (96, 4)
     assert (cfg.training.steps, cfg.training.lr, cfg.init_from) == (3000, 2e-3, None)
+    assert cfg.training.loss["sprite_assign_fade_steps"] == 1500  # the rest of training.loss stays default
+    assert cfg.training.loss["sprite_assign"] == 0.1
 
 
 def test_finetune_preset_lowers_lr_and_needs_init_from() -> None:

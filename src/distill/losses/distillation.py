@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +46,9 @@ class LossConfig:
     # Its assignment part (SpriteSearch.assignment, a cross-entropy in nats, not divided by pixel_scale):
     # weight sprite_assign * pixel_mse.
     sprite_assign: float = 0.1
+    # The assignment fades linearly from sprite_assign at step 0 to zero at this optimiser step (0: it never
+    # fades). It moves keypoints onto their objects early; once there, the search's change term holds them.
+    sprite_assign_fade_steps: int = 0
     smooth_l1_beta: float = 1.0  # where smooth L1 turns from quadratic to linear (normalised units)
     commit: float = 0.25  # VQ commitment loss weight (beta of van den Oord et al.), pulls z to its codes
     teacher_weights: Mapping[str, float] = field(default_factory=dict)  # teachers not listed weigh 1.0
@@ -68,6 +71,15 @@ class LossConfig:
             raise ValueError(f"pixel_scale must be finite and > 0, got {self.pixel_scale}")
         if not self.smooth_l1_beta > 0:
             raise ValueError(f"smooth_l1_beta must be > 0, got {self.smooth_l1_beta}")
+        if self.sprite_assign_fade_steps < 0:
+            raise ValueError(f"sprite_assign_fade_steps must be >= 0, got {self.sprite_assign_fade_steps}")
+
+    def at_step(self, step: int) -> LossConfig:
+        """The weights in force at optimiser step ``step`` (only the assignment has a schedule)."""
+        if self.sprite_assign_fade_steps == 0:
+            return self
+        left = max(0.0, 1.0 - step / self.sprite_assign_fade_steps)
+        return replace(self, sprite_assign=self.sprite_assign * left, sprite_assign_fade_steps=0)
 
     def teacher_weight(self, teacher: str) -> float:
         return float(self.teacher_weights.get(teacher, 1.0))

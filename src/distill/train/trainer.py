@@ -335,7 +335,7 @@ class Trainer:
         with context:
             with self.autocast():
                 output = self.model(images)
-            breakdown = distillation_loss(output, targets, images, self.loss_cfg)
+            breakdown = distillation_loss(output, targets, images, self.loss_cfg.at_step(self.step))
             check_finite(breakdown, step, self.ctx.rank)
             (breakdown.total / self.cfg.training.grad_accum).backward()
         quantizer = self.student.quantizer
@@ -436,9 +436,10 @@ class Trainer:
         if self.ema is not None:
             models["ema/"] = self.ema.module
         record: dict[str, Any] = {"kind": "val", "step": self.step}
+        weights = self.loss_cfg.at_step(self.step)
         for prefix, model in models.items():
             metrics = evaluate(
-                model, self.config, self.loader.val(), self.targets, self.loss_cfg, self.ctx, self.autocast
+                model, self.config, self.loader.val(), self.targets, weights, self.ctx, self.autocast
             )
             record |= {f"{prefix}{k}": v for k, v in metrics.items()}
         if self.ctx.is_main:

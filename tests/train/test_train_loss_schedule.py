@@ -1,0 +1,39 @@
+"""The trainer applies the loss weights in force at each optimiser step (the sprites' assignment fade)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train_guards import in_process, small_run
+from train_helpers import TinyData
+
+from distill.train.trainer import train
+
+
+def test_the_assignment_weight_fades_step_by_step(tiny_data: TinyData, tmp_path: Path) -> None:
+    """With the change part off, sprites/total is the assignment times its weight: 0.1 at optimiser step 0,
+    0.05 at step 1, and nothing from step 2 on (fade over 2 steps)."""
+    cfg, resolved = in_process(
+        small_run(
+            tiny_data,
+            tmp_path,
+            "fade",
+            "model.z_keypoints=4",
+            "model.keypoint_sprites=true",
+            "training.loss.sprite_search=0",
+            "training.loss.sprite_assign=0.1",
+            "training.loss.sprite_assign_fade_steps=2",
+            "logging.log_every=1",
+        )
+    )
+    run_dir = train(cfg, resolved)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = {record["step"]: record for record in records if record["kind"] == "train"}
+    assert sorted(steps) == [1, 2, 3]
+    for step, weight in ((1, 0.1), (2, 0.05), (3, 0.0)):
+        assert steps[step]["sprites/assignment"] > 0
+        assert steps[step]["sprites/total"] == pytest.approx(
+            weight * steps[step]["sprites/assignment"], rel=1e-5
+        )
