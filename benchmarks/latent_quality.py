@@ -149,7 +149,8 @@ def main() -> int:
     result = {
         "setup": pusht_setup(
             args,
-            f"preset=sim (model=tiny, z_keypoints=4, keypoint_sprites, decoder_dim=96, training=sim) "
+            f"preset=sim (model=tiny, z_keypoints=4, keypoint_sprites, decoder_dim=96, training=sim: "
+            "sprite_assign 0.1 fading to 0 by step 1500) "
             f"training.steps={args.steps}, "
             "one CPU thread per run",
         )

@@ -13,8 +13,9 @@ from distill.train.trainer import train
 
 
 def test_the_assignment_weight_fades_step_by_step(tiny_data: TinyData, tmp_path: Path) -> None:
-    """With the change part off, sprites/total is the assignment times its weight: 0.1 at optimiser step 0,
-    0.05 at step 1, and nothing from step 2 on (fade over 2 steps)."""
+    """With the change part off, sprites/total is the assignment times its weight, fading over 3 steps:
+    0.1, 0.1 x 2/3 and 0.1 x 1/3 at optimiser steps 0-2 (train records 1-3). (Validation runs the student
+    in eval mode, where the sprites' search is not computed.)"""
     cfg, resolved = in_process(
         small_run(
             tiny_data,
@@ -24,7 +25,7 @@ def test_the_assignment_weight_fades_step_by_step(tiny_data: TinyData, tmp_path:
             "model.keypoint_sprites=true",
             "training.loss.sprite_search=0",
             "training.loss.sprite_assign=0.1",
-            "training.loss.sprite_assign_fade_steps=2",
+            "training.loss.sprite_assign_fade_steps=3",
             "logging.log_every=1",
         )
     )
@@ -32,7 +33,7 @@ def test_the_assignment_weight_fades_step_by_step(tiny_data: TinyData, tmp_path:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = {record["step"]: record for record in records if record["kind"] == "train"}
     assert sorted(steps) == [1, 2, 3]
-    for step, weight in ((1, 0.1), (2, 0.05), (3, 0.0)):
+    for step, weight in ((1, 0.1), (2, 0.1 * 2 / 3), (3, 0.1 / 3)):
         assert steps[step]["sprites/assignment"] > 0
         assert steps[step]["sprites/total"] == pytest.approx(
             weight * steps[step]["sprites/assignment"], rel=1e-5

@@ -104,6 +104,23 @@ def test_frozen_set_is_exactly_what_gets_no_gradient() -> None:
     assert {n.split(".")[0] for n in unreachable_parameters(make_student("none"), LossConfig())} == {"to_z"}
 
 
+def test_the_assignment_fading_to_zero_leaves_what_the_loss_reaches_unchanged() -> None:
+    """The trainer freezes once, at the start weights; under DDP the set of parameters that get gradients
+    must not shrink when the sprites' assignment fades to 0 mid-run (sprite_assign_fade_steps)."""
+    torch.manual_seed(0)
+    config = StudentConfig.from_preset(
+        "tiny", TEACHERS, image_size=SIZE, pixel_head=True, z_keypoints=2, keypoint_sprites=True
+    )
+    student = Student(config, load_pretrained=False)
+    start = LossConfig(sprite_assign=0.1, sprite_assign_fade_steps=10)
+    assert start.at_step(10).sprite_assign == 0.0
+    for search in (1.0, 0.0):
+        faded = LossConfig(sprite_search=search, sprite_assign=0.0)
+        assert unreachable_parameters(student, faded) == unreachable_parameters(
+            student, LossConfig(sprite_search=search, sprite_assign=0.1)
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -436,10 +436,9 @@ class Trainer:
         if self.ema is not None:
             models["ema/"] = self.ema.module
         record: dict[str, Any] = {"kind": "val", "step": self.step}
-        weights = self.loss_cfg.at_step(self.step)
         for prefix, model in models.items():
             metrics = evaluate(
-                model, self.config, self.loader.val(), self.targets, weights, self.ctx, self.autocast
+                model, self.config, self.loader.val(), self.targets, self.loss_cfg, self.ctx, self.autocast
             )
             record |= {f"{prefix}{k}": v for k, v in metrics.items()}
         if self.ctx.is_main:
