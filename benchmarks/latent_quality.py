@@ -32,7 +32,7 @@ from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.extract import ExtractConfig, TeacherJob, run_extraction
 from distill.preprocess.subsample_videos import VideoConfig, subsample_videos
 from distill.simulate import EpisodeConfig, render_episodes
-from distill.simulate.pusht import STATE_NAMES
+from distill.simulate.pusht import HEADING_NAMES, STATE_NAMES
 from distill.teachers import load_teacher
 
 TEACHERS = ("clip", "dinov2", "mae", "sam", "depth_anything")
@@ -154,7 +154,7 @@ def main() -> int:
             f"training.steps={args.steps}, "
             "one CPU thread per run",
         )
-        | {"state_names": list(STATE_NAMES)},
+        | {"state_names": list(STATE_NAMES), "heading_names": list(HEADING_NAMES)},
         "points": points,
     }
     write_result(args.output, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -79,10 +80,18 @@ def test_report_scores_z_beside_the_baselines_on_held_out_episodes(
     assert pixels["pca"]["psnr_p5"] <= pixels["pca"]["psnr_mean"]
     assert set(report.teachers) == set(TEACHERS)
     assert "cls_cos" in report.teachers["dinov2"] and -1 <= report.teachers["mae"]["patch_cos"] <= 1
-    assert set(report.probe) == {"state", "action"}
+    assert set(report.probe) == {"state", "action", "heading"}
     assert len(report.probe["state"]["z"]) == 5 and len(report.probe["state"]["pca"]) == 5
+    assert len(report.probe["heading"]["z"]) == 2
     assert {"consecutive_cos", "random_pair_cos"} <= set(report.video)
     assert report.video["z_norm"]["min"] <= report.video["z_norm"]["mean"] <= report.video["z_norm"]["max"]
+
+
+def test_the_heading_sidecar_is_the_unit_vector_of_the_block_angle(sim_dataset: Path) -> None:
+    sidecar = np.load(sim_dataset.parent / "videos" / "episode_000002.npz")
+    angle = sidecar["state"][:, 4].astype(np.float64)
+    np.testing.assert_allclose(sidecar["heading"], np.stack([np.cos(angle), np.sin(angle)], 1), atol=1e-6)
+    assert np.ptp(angle) > 0  # the block turns in this episode, so the check sees more than one angle
 
 
 def test_cli_writes_json_markdown_and_grid(sim_dataset: Path, checkpoint: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distill.simulate.pusht import ACTION_NAMES, STATE_NAMES, EpisodeConfig, render_episodes
+from distill.simulate.pusht import ACTION_NAMES, HEADING_NAMES, STATE_NAMES, EpisodeConfig, render_episodes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distill-simulate",
         description="Render PushT episodes (gym-pusht; pip install -e '.[sim]') with a seeded scripted pusher: "
         "<out>/episode_NNNNNN.mp4 plus episode_NNNNNN.npz holding one row per frame of "
-        f"state ({', '.join(STATE_NAMES)}) and action ({', '.join(ACTION_NAMES)}). "
+        f"state ({', '.join(STATE_NAMES)}), action ({', '.join(ACTION_NAMES)}) and heading ({', '.join(HEADING_NAMES)}). "
         "Organise them with distill-subsample-videos, which carries each frame's rows into its metadata.",
     )
     parser.add_argument("output", type=Path, help="folder for the videos and sidecars")

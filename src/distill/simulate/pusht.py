@@ -6,7 +6,8 @@ agent towards the block and through it (with random detours), so both objects mo
 
 Each episode ``episode_NNNNNN`` becomes ``<out>/episode_NNNNNN.mp4`` and ``<out>/episode_NNNNNN.npz``
 holding one row per video frame: ``state`` [T, 5] (agent x, y, block x, y, block angle in radians, in the
-simulator's 512 x 512 workspace units), ``action`` [T, 2] (the agent's commanded target position).
+simulator's 512 x 512 workspace units), ``action`` [T, 2] (the agent's commanded target position) and
+``heading`` [T, 2] (cos and sin of the block angle: the block's orientation, which the T shape shows).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from distill.io import atomic_path
 
 STATE_NAMES = ("agent_x", "agent_y", "block_x", "block_y", "block_angle")
 ACTION_NAMES = ("target_x", "target_y")
+HEADING_NAMES = ("block_cos", "block_sin")  # the block angle as a unit vector: no wrap at +-pi
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ def render_episode(env, seed: int, frames: int) -> tuple[list[Image.Image], np.n
     return images, np.stack(states).astype(np.float32), np.stack(actions).astype(np.float32)
 
 
+def heading(states: np.ndarray) -> np.ndarray:
+    """[T, 2] cos and sin of the block angle (state column 4): what a linear probe can read, where the
+    raw angle jumps by 2 pi as the block turns past the wrap."""
+    return np.stack([np.cos(states[:, 4]), np.sin(states[:, 4])], axis=1).astype(np.float32)
+
+
 def render_episodes(cfg: EpisodeConfig) -> list[Path]:
     """Write ``cfg.episodes`` episodes (video + sidecar each); returns the video paths."""
     cfg.output.mkdir(parents=True, exist_ok=True)
@@ -111,7 +119,7 @@ def render_episodes(cfg: EpisodeConfig) -> list[Path]:
             images, states, actions = render_episode(env, cfg.seed * 1_000_003 + number, cfg.frames)
             stem = cfg.output / f"episode_{number:06d}"
             buffer = io.BytesIO()
-            np.savez(buffer, state=states, action=actions)
+            np.savez(buffer, state=states, action=actions, heading=heading(states))
             with atomic_path(stem.with_suffix(".npz")) as tmp:
                 tmp.write_bytes(buffer.getvalue())
             paths.append(write_mp4(images, stem.with_suffix(".mp4"), Fraction(10)))
