@@ -1,4 +1,4 @@
-"""Render PushT episodes as MP4 videos with per-frame state/action sidecars (the `[sim]` extra).
+"""Render PushT episodes as MP4 videos with per-frame state/action/heading sidecars (the `[sim]` extra).
 
 A thin wrapper over `distill.simulate` (same as `python -m distill.simulate` and `distill-simulate`); see --help.
 """

@@ -77,7 +77,7 @@ def assert_world_model_step(result: DemoResult, text: str) -> None:
         "train": [cfg.frames] * 7,
         "val": [cfg.frames],
     }
-    assert latents.checkpoint.d_z == 32 and latents.arrays == {"action": 2, "state": 5}
+    assert latents.checkpoint.d_z == 32 and latents.arrays == {"action": 2, "heading": 2, "state": 5}
     model, _ = load_world_model(result.world_model)
     assert (model.config.history, model.config.action_dim) == (WORLD_MODEL_HISTORY, 2)
     log = [json.loads(line) for line in (result.world_model / "train_log.jsonl").read_text().splitlines()]

@@ -70,7 +70,7 @@ class DemoResult:
 
     @property
     def videos(self) -> Path:
-        """distill-simulate's episodes: episode_NNNNNN.mp4 with its .npz of per-frame state and action."""
+        """distill-simulate's episodes: episode_NNNNNN.mp4 with its .npz of per-frame state, action and heading."""
         return self.config.output / "media" / "pusht"
 
     @property
@@ -102,7 +102,7 @@ class DemoResult:
 
     @property
     def latents(self) -> Path:
-        """distill-encode's latent dataset: z of every frame of every episode, with its state and action."""
+        """distill-encode's latent dataset: z of every frame of every episode, with its state, action and heading."""
         return self.config.output / "latents"
 
     @property
@@ -213,7 +213,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     weights_flags = [f"--weights={name}={value}" for name, value in cfg.weights]
     run_step(
         result,
-        "simulate PushT episodes (video + per-frame state and action)",
+        "simulate PushT episodes (video + per-frame state, action and heading)",
         [
             *script("simulate_pusht.py"),
             str(result.videos),
@@ -328,7 +328,7 @@ def run_world_model_steps(result: DemoResult) -> None:
     cfg = result.config
     run_step(
         result,
-        "encode every episode to z (a latent dataset with each frame's state and action)",
+        "encode every episode to z (a latent dataset with each frame's state, action and heading)",
         [
             *script("encode_latents.py"),
             str(result.student),

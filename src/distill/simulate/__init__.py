@@ -1,4 +1,4 @@
-"""Episodes from real simulators, as videos with per-frame state and action sidecars."""
+"""Episodes from real simulators, as videos with per-frame state, action and heading sidecars."""
 
 from distill.simulate.pusht import EpisodeConfig, render_episodes
 

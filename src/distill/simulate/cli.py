@@ -1,4 +1,4 @@
-"""``python -m distill.simulate OUT``: PushT episodes as MP4 videos with per-frame state/action sidecars."""
+"""``python -m distill.simulate OUT``: PushT episodes as MP4 videos with per-frame state/action/heading sidecars."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from distill.io import atomic_path
 
 STATE_NAMES = ("agent_x", "agent_y", "block_x", "block_y", "block_angle")
 ACTION_NAMES = ("target_x", "target_y")
-HEADING_NAMES = ("block_cos", "block_sin")  # the block angle as a unit vector: no wrap at +-pi
+HEADING_NAMES = ("block_cos", "block_sin")  # the block angle as a unit vector: no jump at the 0 / 2 pi wrap
 
 
 @dataclass(frozen=True)
