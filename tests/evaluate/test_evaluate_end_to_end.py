@@ -88,9 +88,9 @@ def test_report_scores_z_beside_the_baselines_on_held_out_episodes(
 
 
 def test_the_heading_sidecar_is_the_unit_vector_of_the_block_angle(sim_dataset: Path) -> None:
-    sidecar = np.load(sim_dataset.parent / "videos" / "episode_000002.npz")
-    angle = sidecar["state"][:, 4].astype(np.float64)
-    np.testing.assert_allclose(sidecar["heading"], np.stack([np.cos(angle), np.sin(angle)], 1), atol=1e-6)
+    with np.load(sim_dataset.parent / "videos" / "episode_000002.npz") as sidecar:
+        angle, heading = sidecar["state"][:, 4].astype(np.float64), sidecar["heading"]
+    np.testing.assert_allclose(heading, np.stack([np.cos(angle), np.sin(angle)], 1), atol=1e-6)
     assert np.ptp(angle) > 0  # the block turns in this episode, so the check sees more than one angle
 
 

@@ -104,9 +104,10 @@ def render_episode(env, seed: int, frames: int) -> tuple[list[Image.Image], np.n
 
 
 def heading(states: np.ndarray) -> np.ndarray:
-    """[T, 2] cos and sin of the block angle (state column 4): what a linear probe can read, where the
-    raw angle jumps by 2 pi as the block turns past the wrap."""
-    return np.stack([np.cos(states[:, 4]), np.sin(states[:, 4])], axis=1).astype(np.float32)
+    """[T, 2] cos and sin of the block angle: what a linear probe can read, where the raw angle jumps by
+    2 pi as the block turns past the wrap."""
+    angle = states[:, STATE_NAMES.index("block_angle")]
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
 
 
 def render_episodes(cfg: EpisodeConfig) -> list[Path]:
