@@ -10,8 +10,9 @@ Elsewhere (no ``prctl``) a daemon thread polls the parent pid instead.
 
 SIGKILL is the signal: everything distill writes is crash-safe (atomic renames, temporary
 files and checkpoint folders that the next run removes), and a worker whose launcher is gone has
-no one to report to. DataLoader workers (forked children) notice their parent's death by
-themselves and exit within seconds.
+no one to report to. DataLoader workers, forked from a worker, arm themselves the same way when they
+start (the loader's worker init): the kernel clears the request on fork, and PyTorch's own check
+of the parent runs only between batches, every 5 s or more on a loaded machine.
 
 Only processes started by torchrun (``TORCHELASTIC_RUN_ID`` in the environment) are touched;
 ``DISTILL_KEEP_ORPHANS=1`` turns it off. Standard library only: this runs before torch is imported.
@@ -31,7 +32,7 @@ OPT_OUT = "DISTILL_KEEP_ORPHANS"
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.5
 
-_armed = False
+_armed_in: int | None = None  # the pid that armed itself: a forked child has another pid and arms again
 
 
 def started_by_torchrun() -> bool:
@@ -77,11 +78,12 @@ def _poll(parent: int) -> None:
 
 
 def die_with_launcher() -> None:
-    """Arm this process to die with its torchrun launcher (once; a no-op outside torchrun)."""
-    global _armed
-    if _armed or not started_by_torchrun() or os.environ.get(OPT_OUT, "") not in ("", "0"):
+    """Arm this process to die with its parent: the torchrun launcher for a worker, the worker for a
+    DataLoader worker forked from it (once per process; a no-op outside torchrun)."""
+    global _armed_in
+    if _armed_in == os.getpid() or not started_by_torchrun() or os.environ.get(OPT_OUT, "") not in ("", "0"):
         return
-    _armed = True
+    _armed_in = os.getpid()
     parent = os.getppid()
     armed = _parent_death_signal(signal.SIGKILL)
     if not can_be_launcher(os.getppid()):

@@ -4,12 +4,14 @@ alive 10 s later.
 
 Before ``distill.lifeline``, SIGKILL of the agent 2-3 s in left both workers sleeping for 45
 minutes and more (holding GPUs and memory on a cluster). Workers are found by a marker in their
-environment, which every descendant inherits.
+environment, which every descendant inherits. A DataLoader worker forked from a rank asks for the
+same parent-death signal (checked directly, from inside the worker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -21,12 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import REPO, SCRIPT, TinyData, data_overrides, train_env
 
-from distill.lifeline import can_be_launcher
+from distill import lifeline
+from distill.data.loader import _worker_init
+from distill.lifeline import OPT_OUT, TORCHRUN_MARK, can_be_launcher
 
 MARK = "DISTILL_ORPHAN_TEST"
 GRACE_S = 10.0
+PR_GET_PDEATHSIG = 2
 
 
 def marked(tag: str) -> list[int]:
@@ -182,3 +188,27 @@ def test_who_can_be_a_launcher() -> None:
     finally:
         shell.kill()
         shell.wait()
+
+
+class _ParentDeathSignal(torch.utils.data.IterableDataset[torch.Tensor]):
+    """Yields the signal the kernel will send this DataLoader worker when its parent dies (0: none)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        value = ctypes.c_int(0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+        yield torch.tensor(value.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_loader_worker_under_torchrun_dies_with_the_rank_that_forked_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fork clears the parent-death signal, so without the loader's worker init a DataLoader worker
+    # outlives its killed rank until PyTorch's own check between batches notices (the orphan test's flake).
+    monkeypatch.setenv(TORCHRUN_MARK, "test")
+    monkeypatch.delenv(OPT_OUT, raising=False)
+    monkeypatch.setattr(lifeline, "_armed_in", os.getpid())  # as in a rank: armed before it forks its workers
+    loader = torch.utils.data.DataLoader(
+        _ParentDeathSignal(), batch_size=None, num_workers=1, worker_init_fn=_worker_init
+    )
+    assert [int(v) for v in loader] == [signal.SIGKILL]

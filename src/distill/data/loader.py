@@ -59,6 +59,7 @@ from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.streams import StreamPlan, deal_streams, stream_items
 from distill.features import TeacherOutput
+from distill.lifeline import die_with_launcher
 from distill.stats import FeatureStats
 
 log = logging.getLogger(__name__)
@@ -357,6 +358,7 @@ class _EvalShards(IterableDataset[Batch | PackedBatch]):
 
 
 def _worker_init(_: int) -> None:
+    die_with_launcher()  # under torchrun: die with the rank that forked this worker (distill.lifeline)
     torch.set_num_threads(1)  # decoding and normalising are per-sample; leave the cores to the other workers
 
 
