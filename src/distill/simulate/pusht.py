@@ -26,6 +26,10 @@ from distill.io import atomic_path
 STATE_NAMES = ("agent_x", "agent_y", "block_x", "block_y", "block_angle")
 ACTION_NAMES = ("target_x", "target_y")
 HEADING_NAMES = ("block_cos", "block_sin")  # the block angle as a unit vector: no jump at the 0 / 2 pi wrap
+# gym-pusht's T in its body's frame: a 120 x 30 bar over y 0-30 and a 30 x 90 stem over y 30-120. The state's
+# block position is the body's origin (the middle of the bar's outer edge); the drawn T's centre of area sits
+# this far along the body's y axis from it.
+T_CENTRE_OFFSET = (120 * 30 * 15 + 30 * 90 * 75) / (120 * 30 + 30 * 90)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,16 @@ def heading(states: np.ndarray) -> np.ndarray:
     2 pi as the block turns past the wrap."""
     angle = states[:, STATE_NAMES.index("block_angle")]
     return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+
+
+def block_centre(states: np.ndarray) -> np.ndarray:
+    """[T, 2] the drawn T's centre of area in workspace units: where something that sees the block but not
+    which way it is turned would place it (the state's position is offset from it by a turned vector)."""
+    x, y, angle = (
+        states[:, STATE_NAMES.index(name)].astype(np.float64)
+        for name in ("block_x", "block_y", "block_angle")
+    )
+    return np.stack([x - T_CENTRE_OFFSET * np.sin(angle), y + T_CENTRE_OFFSET * np.cos(angle)], axis=1)
 
 
 def render_episodes(cfg: EpisodeConfig) -> list[Path]:
