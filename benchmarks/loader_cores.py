@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s_needed": round(needed, 1),
         "cores_needed": round(needed * worker, 1),
         "cores_needed_with_transport": round(needed * with_transport, 1),
-        "note": "process CPU time on a shared 2-core machine (other jobs running); best of the repeats. "
+        "note": "process CPU time (a loaded machine raises it through shared caches); best of the repeats. "
         "with_transport: the worker process of the real loader (device='cpu', one worker, shared-memory "
         "slots), end to end. loader_main_ms_per_sample is the main process with device='cpu', so it includes "
         "dequantising to float32 on the CPU, which a GPU run does on the device. Before simplejpeg, the numpy "

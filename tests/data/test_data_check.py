@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,14 @@ def test_feature_shard_missing_a_key_is_named_by_check_and_loader(built: Built, 
     assert [(p.path, p.key) for p in report.problems] == [(str(target), keys[2])]
     assert f"has {keys[3]!r} at sample 2" in report.problems[0].message
     cfg = LoaderConfig(dataset_copy, FIVE, built.stats_dir, global_batch=2, num_streams=1, shuffle_buffer=1)
-    with pytest.raises(
-        ShardError,
-        match=rf"images/train-000000\.tar has '{keys[2]}' at sample 2 but .*mae/train-000000\.tar has '{keys[3]}'",
-    ):
-        for _ in train_batches(cfg):
-            pass
+    # in process; and finished on a device, made ahead on the prefetch thread, in process and in a worker
+    for variant in (cfg, replace(cfg, device="cpu"), replace(cfg, device="cpu", num_workers=1)):
+        with pytest.raises(
+            ShardError,
+            match=rf"images/train-000000\.tar has '{keys[2]}' at sample 2 but .*mae/train-000000\.tar has '{keys[3]}'",
+        ):
+            for _ in train_batches(variant):
+                pass
 
 
 def test_nan_wrong_shape_stray_files_and_bad_stats_are_reported(

@@ -1,0 +1,111 @@
+"""Items made ahead on a background thread, so a GPU step does not wait for the loader's host work.
+
+A training step on GPU ends in a synchronisation (the finite-loss and gradient checks read values
+back), so whatever the loader then does in the step's thread (taking the workers' chunks, copying
+them to the device, dequantising) leaves the GPU idle. Made on a thread instead, the next batch is
+ready when the step returns: the copies and kernel launches release the GIL, and the step's thread
+waits on the device with the GIL released.
+
+On CUDA the thread works on its own stream (created for ``device``), so the copies to the device and
+the dequantising kernels run beside the step's kernels rather than queued behind them; each item is
+complete on the device when the consumer gets it (the thread synchronises its stream first, which
+also lets the loader hand a shared-memory slot back as soon as its bytes are on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
+_POLL_S = 0.1  # how often a blocked producer looks whether the consumer has gone
+
+
+@dataclass
+class _Done:
+    """The source is exhausted."""
+
+
+@dataclass
+class _Failed:
+    """The source raised; the consumer raises the same exception at the same position."""
+
+    error: BaseException
+
+
+@dataclass
+class _Item(Generic[T]):
+    value: T
+
+
+def _device_context(device: torch.device | None) -> contextlib.AbstractContextManager[object]:
+    """On CUDA: ``device`` current in this thread, with a stream of its own; elsewhere nothing."""
+    if device is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.cuda.device(device))
+    stack.enter_context(torch.cuda.stream(torch.cuda.Stream(device)))
+    return stack
+
+
+def prefetched(
+    source: Callable[[], Iterator[T]],
+    depth: int,
+    device: torch.device | None = None,
+    on_consumer: Callable[[T], None] | None = None,
+) -> Iterator[T]:
+    """The items of ``source()``, made on a background thread: up to ``depth`` wait for the consumer.
+
+    ``source`` is called on the thread (so a CUDA stream it sees is the thread's own); its items come
+    in order, and an exception it raises is raised here after the items before it. Closing this
+    generator stops the thread and closes the source's iterator there. ``on_consumer`` runs on each
+    item in the consumer's thread before it is yielded (e.g. ``Tensor.record_stream``).
+    """
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+    ready: queue.Queue[_Item[T] | _Done | _Failed] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: _Item[T] | _Done | _Failed) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        # the source's iterator is a local of this frame: returning closes it, on this thread
+        with _device_context(device):
+            try:
+                for item in source():
+                    if device is not None and device.type == "cuda":
+                        torch.cuda.current_stream(device).synchronize()  # complete before it is handed over
+                    if not offer(_Item(item)):
+                        return
+                offer(_Done())
+            except BaseException as error:  # handed to the consumer, which raises it
+                offer(_Failed(error))
+
+    thread = threading.Thread(target=produce, name="distill-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            entry = ready.get()
+            if isinstance(entry, _Done):
+                return
+            if isinstance(entry, _Failed):
+                raise entry.error
+            if on_consumer is not None:
+                on_consumer(entry.value)
+            yield entry.value
+    finally:
+        stop.set()
+        thread.join()
