@@ -36,6 +36,15 @@ def test_items_come_in_order_and_an_error_after_the_items_before_it() -> None:
         next(prefetched(lambda: iter(range(3)), 0))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA cannot start")
+def test_a_thread_that_cannot_start_its_device_raises_rather_than_hangs() -> None:
+    """The thread's CUDA stream fails to start here (no GPU): the consumer gets that very error."""
+    with pytest.raises((RuntimeError, AssertionError)) as caught:
+        next(prefetched(lambda: iter(range(3)), 1, torch.device("cuda", 0)))
+    assert "prefetch thread stopped" not in str(caught.value)  # CUDA's own words, not the fallback
+    assert _prefetch_threads() == 0
+
+
 def test_the_source_runs_ahead_by_depth_and_no_further() -> None:
     """One item taken, depth 2: two wait in the queue and one is held by the blocked producer."""
     made: list[int] = []

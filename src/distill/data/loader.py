@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,13 +172,18 @@ class _SlotPool:
         failures: list[str] = []
 
         def register() -> None:
-            cudart = torch.cuda.cudart()
-            for buffer in itertools.chain.from_iterable(self.buffers):
-                error = cudart.cudaHostRegister(buffer.data_ptr(), buffer.numel(), _HOST_REGISTER_PORTABLE)
-                if int(error) != 0:
-                    failures.append(f"cudaError {int(error)}: {cudart.cudaGetErrorString(error)}")
-                    return
-                self.locked.append(buffer.data_ptr())
+            try:
+                cudart = torch.cuda.cudart()
+                for buffer in itertools.chain.from_iterable(self.buffers):
+                    error = cudart.cudaHostRegister(
+                        buffer.data_ptr(), buffer.numel(), _HOST_REGISTER_PORTABLE
+                    )
+                    if int(error) != 0:
+                        failures.append(f"cudaError {int(error)}: {cudart.cudaGetErrorString(error)}")
+                        return
+                    self.locked.append(buffer.data_ptr())
+            except Exception as exc:  # any failure leaves the slots pageable, with the warning
+                failures.append(repr(exc))
 
         _on_own_thread(register, device)
         if failures:
@@ -376,11 +381,10 @@ def _open_chunk(chunk: _Chunk, pool: _SlotPool | None, view: DatasetView, cfg: L
         packed = [layout.open(buffer) for layout in chunk.layouts]
         if cfg.pin_memory and not pool.locked:
             packed = [part.pin_memory() for part in packed]
-        finished = [_detached(_finish(part, view, cfg), buffer) for part in packed]
-        if finished and finished[0].images.device.type == "cuda":  # the slot's bytes are on the GPU
-            torch.cuda.current_stream(finished[0].images.device).synchronize()
-        return finished
+        return [_detached(_finish(part, view, cfg), buffer) for part in packed]
     finally:
+        if pool.locked:  # copies read the slot itself: all of them done before a worker may refill it
+            torch.cuda.current_stream().synchronize()
         pool.give_back(chunk.worker, chunk.slot)
 
 
@@ -460,7 +464,7 @@ def rank_streams(cfg: LoaderConfig, plans: list[StreamPlan], rank: int, world_si
 
 def train_batches(
     cfg: LoaderConfig, rank: int = 0, world_size: int = 1, start_batch: int = 0
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Endless training batches of this rank, from global batch ``start_batch`` on.
 
     Each batch holds ``global_batch // world_size`` samples: ``m = global_batch // num_streams``
@@ -505,13 +509,13 @@ def train_batches(
         slot_bytes = streams_per_worker * packed_bytes(view, per_stream)
         pool = _SlotPool(workers, cfg.prefetch_factor + 2, slot_bytes)
     device = None if cfg.device is None else _resolved(torch.device(cfg.device))
-    if pool is not None and device is not None and device.type == "cuda":
-        pool.page_lock(device)
     streams = _TrainStreams(view, mine, per_stream, cfg, start_batch, buffer, pool)
     loader = _data_loader(streams, cfg, workers)
     order = {plan.index: i for i, plan in enumerate(mine)}
     # started here: DataLoader watches for dead workers (SIGCHLD) only when started on the main thread
     chunks = iter(loader)
+    if pool is not None and device is not None and device.type == "cuda":
+        pool.page_lock(device)  # after the workers forked: they never inherit page-locked ranges
 
     def assembled(chunks: Iterator[_Chunk]) -> Iterator[Batch]:
         for k in itertools.count(start_batch):

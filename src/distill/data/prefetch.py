@@ -83,22 +83,30 @@ def prefetched(
 
     def produce() -> None:
         # the source's iterator is a local of this frame: returning closes it, on this thread
-        with _device_context(device):
-            try:
+        try:
+            with _device_context(device):
                 for item in source():
                     if device is not None and device.type == "cuda":
                         torch.cuda.current_stream(device).synchronize()  # complete before it is handed over
                     if not offer(_Item(item)):
                         return
-                offer(_Done())
-            except BaseException as error:  # handed to the consumer, which raises it
-                offer(_Failed(error))
+            offer(_Done())
+        except BaseException as error:  # handed to the consumer, which raises it
+            offer(_Failed(error))
 
     thread = threading.Thread(target=produce, name="distill-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            entry = ready.get()
+            try:
+                entry = ready.get(timeout=_POLL_S)
+            except queue.Empty:
+                if thread.is_alive() or not ready.empty():
+                    continue
+                # it offers an end or an error before it stops: never reached unless the thread was killed
+                raise RuntimeError(
+                    "the loader's prefetch thread stopped without a batch or an error"
+                ) from None
             if isinstance(entry, _Done):
                 return
             if isinstance(entry, _Failed):

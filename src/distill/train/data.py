@@ -8,7 +8,7 @@ loader's ``global_batch`` is ``batch_size x world size`` and an optimiser step c
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class LoaderPlan:
         )
         self.ctx = ctx
 
-    def train(self, start_batch: int) -> Iterator[Batch]:
+    def train(self, start_batch: int) -> Generator[Batch, None, None]:
         return train_batches(self.config, self.ctx.rank, self.ctx.world_size, start_batch=start_batch)
 
     def val(self) -> Iterator[Batch]:

@@ -361,29 +361,31 @@ class Trainer:
 
     def fit(self) -> Path:
         training = self.cfg.training
-        stream = self.loader.train(start_batch=self.step * training.grad_accum)
+        # closed when training ends or fails: stops the loader's prefetch thread and workers at once
+        stream = contextlib.closing(self.loader.train(start_batch=self.step * training.grad_accum))
         window = _Window()
         # a frozen student (adapters) runs in eval mode: z batch norm keeps its statistics, no buffer moves
         self.model.train(self.adapter is None)
         if training.val_at_start and self.step == 0:
             self.validate()
-        while self.step < training.steps:
-            started = time.perf_counter()
-            lr, grad_norm = self._optimizer_step(stream, window)
-            window.steps += 1
-            window.seconds += time.perf_counter() - started
-            last = self.step == training.steps
-            loss_now = None
-            if self.step % self.cfg.logging.log_every == 0 or last:
-                record = self._train_record(window, lr, grad_norm)
-                loss_now = record["loss"]
-                self.sink.log(record)
-                window = _Window()
-            self.sink.advance(1, loss_now, lr)
-            if (training.val_every and self.step % training.val_every == 0) or last:
-                self.validate()
-            if self.step % training.checkpoint_every == 0 or last:
-                self.save_checkpoint()
+        with stream as batches:
+            while self.step < training.steps:
+                started = time.perf_counter()
+                lr, grad_norm = self._optimizer_step(batches, window)
+                window.steps += 1
+                window.seconds += time.perf_counter() - started
+                last = self.step == training.steps
+                loss_now = None
+                if self.step % self.cfg.logging.log_every == 0 or last:
+                    record = self._train_record(window, lr, grad_norm)
+                    loss_now = record["loss"]
+                    self.sink.log(record)
+                    window = _Window()
+                self.sink.advance(1, loss_now, lr)
+                if (training.val_every and self.step % training.val_every == 0) or last:
+                    self.validate()
+                if self.step % training.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
         self.export()
         self.sink.close()
         return self.run_dir
