@@ -23,9 +23,11 @@ with the ``eager`` backend (dynamo only: inductor's C++ build would take minutes
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from common import FIVE, base_parser, machine, paired_ratio, spread, synthetic_d
 from distill.data.dataset import Batch
 from distill.data.loader import LoaderConfig, train_batches
 from distill.features import TeacherOutput, TeacherSpec
+from distill.io import atomic_write_text
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig
 from distill.optim import build_optimizer
@@ -57,6 +60,7 @@ from real_teachers import build_teachers
 PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("GB200",), 2500.0),
     (("B200",), 2250.0),
+    (("H200", "NVL"), 835.5),
     (("H200",), 989.4),
     (("H100", "PCIe"), 756.0),
     (("H100", "NVL"), 835.0),
@@ -70,6 +74,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("L4",), 121.0),
     (("A10",), 125.0),
 )
+FIDELITY_IMAGES = 4  # images of the bf16-vs-fp32 comparison (every token of each is compared)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ def make_plan(smoke: bool, weights: bool) -> Plan:
     if smoke:
         return Plan("tiny", 64, 8, 4, 2, ("tiny",), 0, 1, 1, 1, 2, "eager")
     workers = max(1, min(12, (os.cpu_count() or 2) - 2))
+    # extraction batches never cross a shard: 256 images in 16 shards (one per stream) give batches of 16
     return Plan(
-        "hub" if weights else "random", 224, 256, 32, 256, ("deit_small", "deit_base"), 3, 10, 3, workers, 16,
+        "hub" if weights else "random", 224, 256, 16, 256, ("deit_small", "deit_base"), 3, 10, 3, workers, 16,
         "inductor",
     )  # fmt: skip
 
@@ -150,13 +156,17 @@ def extraction(
         progress=False,
     )
     run = measure(teachers, batches, cfg, plan.repeats, device)
+    peak = peak_memory_gb(
+        device
+    )  # the pipeline's, before the fp32 pass below (SAM's fp32 attention is larger)
     fidelity = {}
+    sample = batches[0][:FIDELITY_IMAGES]
     for name, teacher in teachers.items():
-        fp32 = run_teacher(teacher, batches[0], "fp32")
-        bf16 = run_teacher(teacher, batches[0], "bf16")
+        fp32 = run_teacher(teacher, sample, "fp32")
+        bf16 = run_teacher(teacher, sample, "bf16")
         cosine = F.cosine_similarity(fp32.patch.flatten(0, -2), bf16.patch.flatten(0, -2), dim=-1)
         fidelity[name] = {"mean": round(cosine.mean().item(), 5), "min": round(cosine.min().item(), 5)}
-    return {**run, "peak_gpu_memory_gb": peak_memory_gb(device), "bf16_vs_fp32_token_cosine": fidelity}
+    return {**run, "peak_gpu_memory_gb": peak, "bf16_vs_fp32_token_cosine": fidelity}
 
 
 # ----------------------------------------------------------------------------- 2. training step
@@ -219,52 +229,68 @@ def step_flops(step: Step, images: torch.Tensor, targets: dict[str, TeacherOutpu
 def training(
     specs: dict[str, TeacherSpec], plan: Plan, device: torch.device, peak: float | None
 ) -> list[dict[str, Any]]:
+    """One row per size and compile setting; a row that fails (say, a compiler error) records it."""
     images, targets = random_inputs(specs, plan.train_batch, plan.canonical_size, device)
     out = []
     for size in plan.sizes:
-        flops: float | None = None
+        flops: list[float] = []  # counted once per size, on the uncompiled student
         for compiled in (False, True):
             reset_memory(device)
-            student = build_student(size, specs, plan.canonical_size, device)
-            model: nn.Module = student
-            if compiled:
-                model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
-            step = make_step(student, model, device)
-            if flops is None:
-                flops = step_flops(step, images, targets)
-            started = time.perf_counter()
-            step(images, targets)
-            sync(device)
-            first_s = time.perf_counter() - started
-            for _ in range(plan.warmup_steps):
-                step(images, targets)
-            times = []
-            for _ in range(plan.timed_steps):
-                started = time.perf_counter()
-                step(images, targets)
-                sync(device)
-                times.append(time.perf_counter() - started)
-            median = spread(times)["median"]
-            achieved = flops / median / 1e12
-            out.append(
-                {
-                    "size": size,
-                    "compile": compiled,
-                    "compile_backend": plan.compile_backend if compiled else None,
-                    "batch": plan.train_batch,
-                    "attention": student.backbone.config._attn_implementation,
-                    "first_step_s": round(first_s, 2),
-                    "step_s": spread(times),
-                    "images_per_s": round(plan.train_batch / median, 1),
-                    "gflops_per_step": round(flops / 1e9, 3),
-                    "achieved_tflops": round(achieved, 4),
-                    "mfu": None if peak is None else round(achieved / peak, 3),
-                    "peak_gpu_memory_gb": peak_memory_gb(device),
-                }
-            )
-            del model, student, step
+            try:
+                out.append(train_row(size, compiled, specs, plan, device, peak, images, targets, flops))
+            except Exception as exc:
+                traceback.print_exc()
+                out.append({"size": size, "compile": compiled, "error": f"{type(exc).__name__}: {exc}"})
             torch._dynamo.reset()
     return out
+
+
+def train_row(
+    size: str,
+    compiled: bool,
+    specs: dict[str, TeacherSpec],
+    plan: Plan,
+    device: torch.device,
+    peak: float | None,
+    images: torch.Tensor,
+    targets: dict[str, TeacherOutput],
+    flops: list[float],
+) -> dict[str, Any]:
+    student = build_student(size, specs, plan.canonical_size, device)
+    model: nn.Module = student
+    if compiled:
+        model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
+    step = make_step(student, model, device)
+    if not flops:
+        flops.append(step_flops(make_step(student, student, device) if compiled else step, images, targets))
+    started = time.perf_counter()
+    step(images, targets)
+    sync(device)
+    first_s = time.perf_counter() - started
+    for _ in range(plan.warmup_steps):
+        step(images, targets)
+    times = []
+    for _ in range(plan.timed_steps):
+        started = time.perf_counter()
+        step(images, targets)
+        sync(device)
+        times.append(time.perf_counter() - started)
+    median = spread(times)["median"]
+    achieved = flops[0] / median / 1e12
+    return {
+        "size": size,
+        "compile": compiled,
+        "compile_backend": plan.compile_backend if compiled else None,
+        "batch": plan.train_batch,
+        "attention": student.backbone.config._attn_implementation,
+        "first_step_s": round(first_s, 2),
+        "step_s": spread(times),
+        "images_per_s": round(plan.train_batch / median, 1),
+        "gflops_per_step": round(flops[0] / 1e9, 3),
+        "achieved_tflops": round(achieved, 4),
+        "mfu": None if peak is None else round(achieved / peak, 3),
+        "peak_gpu_memory_gb": peak_memory_gb(device),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. loader
@@ -334,21 +360,31 @@ def loader(dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: tor
 
 def table(result: dict[str, Any]) -> str:
     ext, rows, feed = result["extraction"], result["training"], result["loader"]
-    lines = [
-        f"device: {result['machine']['device']}  (peak bf16 {result['peak_bf16_tflops']} TFLOP/s)",
-        f"extraction  pipeline {ext['pipeline_samples_per_s']} img/s / bare {ext['bare_forward_samples_per_s']} "
-        f"= {ext['ratio']} (target >= 0.95), peak {ext['peak_gpu_memory_gb']} GB",
-    ]
-    for row in rows:
+    lines = [f"device: {result['machine']['device']}  (peak bf16 {result['peak_bf16_tflops']} TFLOP/s)"]
+    if "error" in ext:
+        lines.append(f"extraction  {ext['error']}")
+    else:
         lines.append(
-            f"train {row['size']:<10} compile={row['compile']!s:<5} {row['step_s']['median'] * 1e3:8.1f} ms/step "
+            f"extraction  pipeline {ext['pipeline_samples_per_s']} img/s / bare {ext['bare_forward_samples_per_s']} "
+            f"= {ext['ratio']} (target >= 0.95), peak {ext['peak_gpu_memory_gb']} GB"
+        )
+    for row in [{"size": "-", "compile": "-", **rows}] if isinstance(rows, dict) else rows:
+        head = f"train {row['size']:<10} compile={row['compile']!s:<5}"
+        if "error" in row:
+            lines.append(f"{head} {row['error']}")
+            continue
+        lines.append(
+            f"{head} {row['step_s']['median'] * 1e3:8.1f} ms/step "
             f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  peak {row['peak_gpu_memory_gb']} GB"
         )
-    lines.append(
-        f"loader      {feed['loader_over_memory']['median']} of in-memory steps/s (target >= 0.98), "
-        f"{feed['samples_per_s_per_worker_core']} samples/s per worker core, "
-        f"{feed['cores_to_feed_the_step']} cores to feed its step ({feed['step']})"
-    )
+    if "error" in feed:
+        lines.append(f"loader      {feed['error']}")
+    else:
+        lines.append(
+            f"loader      {feed['loader_over_memory']['median']} of in-memory steps/s (target >= 0.98), "
+            f"{feed['samples_per_s_per_worker_core']} samples/s per worker core, "
+            f"{feed['cores_to_feed_the_step']} cores to feed its step ({feed['step']})"
+        )
     return "\n".join(lines)
 
 
@@ -370,32 +406,56 @@ def main(argv: list[str] | None = None) -> int:
     weights = dict(item.split("=", 1) for item in args.weights or [])
     peak = peak_tflops(device, args.peak_tflops)
     host = machine(device)  # before the loader's workers change the thread settings
+    result: dict[str, Any] = {
+        "benchmark": "gpu",
+        "smoke": args.smoke,
+        "complete": False,
+        "machine": host,
+        "plan": asdict(plan),
+        "peak_bf16_tflops": peak,
+        "targets": {"extraction_ratio": 0.95, "deit_base_mfu_h100": 0.40, "loader_over_memory": 0.98},
+    }
+    failed = []
     with tempfile.TemporaryDirectory() as scratch:
         dataset = synthetic_dataset(
             Path(scratch), plan.images, plan.canonical_size, plan.images // plan.num_streams
         )
         teachers = build_teachers(FIVE, plan.teachers, device, weights)
         specs = {name: teacher.spec for name, teacher in teachers.items()}
-        extracted = extraction(dataset, teachers, plan, device)
-        del teachers
-        trained = training(specs, plan, device, peak)
-        fed = loader(dataset, specs, plan, device)
-    result = {
-        "benchmark": "gpu",
-        "smoke": args.smoke,
-        "machine": host,
-        "plan": asdict(plan),
-        "peak_bf16_tflops": peak,
-        "teachers": {name: spec.to_dict() for name, spec in specs.items()},
-        "targets": {"extraction_ratio": 0.95, "deit_base_mfu_h100": 0.40, "loader_over_memory": 0.98},
-        "extraction": extracted,
-        "training": trained,
-        "loader": fed,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+        result["teachers"] = {name: spec.to_dict() for name, spec in specs.items()}
+        sections: list[tuple[str, Callable[[], Any]]] = [
+            ("extraction", lambda: extraction(dataset, teachers, plan, device)),
+            ("training", lambda: training(specs, plan, device, peak)),
+            ("loader", lambda: loader(dataset, specs, plan, device)),  # reads the extraction's features
+        ]
+        for name, work in sections:
+            if name == "loader" and "extraction" in failed:
+                result[name] = {"error": "not run: the extraction section, which writes its features, failed"}
+            elif not run_section(result, name, work) or (
+                name == "training" and any("error" in row for row in result[name])
+            ):
+                failed.append(name)
+            if name == "extraction":
+                teachers.clear()  # their GPU memory, before the student steps
+                reset_memory(device)
+            result["wall_seconds"] = round(time.perf_counter() - started, 1)
+            atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")  # kept if a later one dies
+    result["complete"] = not failed
     write_result(args.output, result)
     print(table(result))
-    return 0
+    return 1 if failed else 0
+
+
+def run_section(result: dict[str, Any], name: str, work: Callable[[], Any]) -> bool:
+    """``result[name] = work()``; an exception is recorded there instead (and printed), so the other
+    sections still run and a scarce GPU run keeps what it measured."""
+    try:
+        result[name] = work()
+        return True
+    except Exception as exc:
+        traceback.print_exc()
+        result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return False
 
 
 if __name__ == "__main__":

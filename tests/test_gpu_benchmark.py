@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     subprocess.run([*command, "--output", str(output)], check=True, env=env, capture_output=True, timeout=600)
     result = json.loads(output.read_text())
-    assert result["smoke"] is True and result["peak_bf16_tflops"] == 0.5
+    assert result["smoke"] is True and result["peak_bf16_tflops"] == 0.5 and result["complete"] is True
     plan = result["plan"]
     assert list(result["teachers"]) == FIVE
 
@@ -53,3 +54,25 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert 1 / loader["step_s"] == pytest.approx(loader["steps_per_s_memory"], rel=1e-3, abs=0.006)
     want = plan["train_batch"] / loader["step_s"] / loader["samples_per_s_per_worker_core"]
     assert loader["cores_to_feed_the_step"] == pytest.approx(want, rel=0.05, abs=0.05)
+
+
+def test_a_failing_section_is_recorded_and_the_others_keep_their_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU run is scarce: one section's failure (say, a compiler error) must not lose the others."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gpu = importlib.import_module("gpu")
+    result: dict[str, object] = {"machine": {"device": "cuda"}, "peak_bf16_tflops": 989.4}
+    assert gpu.run_section(result, "extraction", lambda: {"ratio": 0.97})
+    assert not gpu.run_section(result, "training", lambda: 1 / 0)
+    assert not gpu.run_section(result, "loader", lambda: {}["no stats"])
+    assert result["extraction"] == {"ratio": 0.97}
+    assert result["training"] == {"error": "ZeroDivisionError: division by zero"}
+    assert result["loader"] == {"error": "KeyError: 'no stats'"}
+    result["extraction"] = {"error": "OutOfMemoryError: CUDA out of memory"}
+    lines = gpu.table(result).splitlines()
+    assert lines[1:] == [
+        "extraction  OutOfMemoryError: CUDA out of memory",
+        "train -          compile=-     ZeroDivisionError: division by zero",
+        "loader      KeyError: 'no stats'",
+    ]
