@@ -52,7 +52,8 @@ def tiny_config() -> SiglipVisionConfig:
 
 def siglip2_spec(config: Any, preprocessor: dict[str, Any]) -> TeacherSpec:
     """Input size = config.image_size; patch and pooled embedding both hidden_size wide."""
-    if not config.vision_use_head:
+    # transformers 5.17 (and older) may leave the field unset; its model then builds the head
+    if not getattr(config, "vision_use_head", True):
         raise ValueError(
             f"teacher {NAME!r}: the checkpoint has no attention-pooling head (vision_use_head=False), "
             "so it has no pooled image embedding; use a SigLIP 2 image-text checkpoint"
