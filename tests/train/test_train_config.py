@@ -47,6 +47,10 @@ def test_defaults() -> None:
     assert cfg.training.lr == 5e-4 and cfg.init_from is None and cfg.resume is None
     assert all(t.source == "hub" and t.weight == 1.0 and not t.online for t in cfg.teachers.values())
     assert build_loss_config(cfg).teacher_weights == {"clip": 1.0, "dinov2": 1.0, "mae": 1.0}
+    assert (
+        cfg.dataset.device_prefetch == 1
+        and run_config("dataset.device_prefetch=0").dataset.device_prefetch == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,6 +133,7 @@ def test_finetune_preset_lowers_lr_and_needs_init_from() -> None:
         (["dataset.root=???"], r"^dataset\.root: missing required value"),
         (["training.batch_size=abc"], r"^training\.batch_size: expected an integer"),
         (["training.batch_size=0"], r"^training\.batch_size: must be a positive number"),
+        (["dataset.device_prefetch=-1"], r"^dataset\.device_prefetch: must be"),
         (["teachers.dinov2.weight=-1"], r"^teachers\.dinov2\.weight: must be a finite number >= 0"),
         (["teachers.mae.source=cloud"], r"^teachers\.mae\.source: 'cloud' is not one of 'tiny', 'hub'"),
         (["training.precision=fp16"], r"^training\.precision: 'fp16' is not one of"),

@@ -107,9 +107,11 @@ class DatasetConfig:
     max_buffer_gb: float | None  # per rank: bound on the decoded samples the shuffle buffers hold
     num_workers: int
     val_batch_size: int | None
+    device_prefetch: int  # on GPU: batches made ahead on a background thread (0: when asked for)
 
     def __post_init__(self) -> None:
         require_non_negative("dataset.shuffle_buffer", self.shuffle_buffer)
+        require_non_negative("dataset.device_prefetch", self.device_prefetch)
         if self.max_buffer_gb is not None:
             require_positive("dataset.max_buffer_gb", self.max_buffer_gb)
 

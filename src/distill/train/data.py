@@ -84,6 +84,7 @@ class LoaderPlan:
             pin_memory=ctx.device.type == "cuda",
             # on GPU, workers ship stored (compact) features and the batch is finished on the device
             device=str(ctx.device) if ctx.device.type == "cuda" else None,
+            device_prefetch=data.device_prefetch,
         )
         self.ctx = ctx
 
