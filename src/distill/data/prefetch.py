@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 import torch
 
 T = TypeVar("T")
-_POLL_S = 0.1  # how often a blocked producer looks whether the consumer has gone
+_POLL_S = 0.1  # how often a blocked producer (consumer) looks whether the other side has gone
 
 
 @dataclass
@@ -44,14 +44,14 @@ class _Item(Generic[T]):
     value: T
 
 
-def _device_context(device: torch.device | None) -> contextlib.AbstractContextManager[object]:
+@contextlib.contextmanager
+def _device_context(device: torch.device | None) -> Iterator[None]:
     """On CUDA: ``device`` current in this thread, with a stream of its own; elsewhere nothing."""
     if device is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.cuda.device(device))
-    stack.enter_context(torch.cuda.stream(torch.cuda.Stream(device)))
-    return stack
+        yield
+        return
+    with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+        yield
 
 
 def prefetched(
