@@ -1,10 +1,10 @@
-"""Items made ahead on a background thread, so a GPU step does not wait for the loader's host work.
+"""An iterator run ahead on a background thread: its host work overlaps the consumer's.
 
-A training step on GPU ends in a synchronisation (the finite-loss and gradient checks read values
-back), so whatever the loader then does in the step's thread (taking the workers' chunks, copying
-them to the device, dequantising) leaves the GPU idle. Made on a thread instead, the next batch is
-ready when the step returns: the copies and kernel launches release the GIL, and the step's thread
-waits on the device with the GIL released.
+Extraction decodes the next images while the teachers run. The training loader, on GPU, makes the
+next batch while the step runs: the step ends in a synchronisation (the finite-loss and gradient
+checks read values back), so whatever the loader did after it in the step's thread (taking the
+workers' chunks, copying them to the device, dequantising) left the GPU idle. The copies and kernel
+launches release the GIL, and the step's thread waits on the device with the GIL released.
 
 On CUDA the thread works on its own stream (created for ``device``), so the copies to the device and
 the dequantising kernels run beside the step's kernels rather than queued behind them; each item is

@@ -16,6 +16,7 @@ scripts/preprocessing/feature_extraction.py is the same command.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -39,9 +40,9 @@ from distill.data.manifest import (
     manifest_path,
     update_manifest,
 )
+from distill.data.prefetch import prefetched
 from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, write_shard
 from distill.features import TeacherOutput
-from distill.preprocess.background import background
 from distill.preprocess.cli import setup_logging
 from distill.preprocess.video_targets import VideoTargets, check_video_dataset, video_teachers
 from distill.teachers.base import Teacher
@@ -425,8 +426,8 @@ def _run_tasks(
     }
     with ThreadPoolExecutor(1) as writer:
         try:
-            for task, keys, batch in background(
-                _task_batches(cfg, images, manifest.canonical_size, tasks), depth=3
+            for task, keys, batch in prefetched(
+                functools.partial(_task_batches, cfg, images, manifest.canonical_size, tasks), depth=3
             ):
                 if current is None or current.task is not task:
                     if current is not None:
