@@ -156,9 +156,8 @@ def extraction(
         progress=False,
     )
     run = measure(teachers, batches, cfg, plan.repeats, device)
-    peak = peak_memory_gb(
-        device
-    )  # the pipeline's, before the fp32 pass below (SAM's fp32 attention is larger)
+    # the pipeline's peak, read before the fp32 pass below (SAM's fp32 attention takes more)
+    peak_gb = peak_memory_gb(device)
     fidelity = {}
     sample = batches[0][:FIDELITY_IMAGES]
     for name, teacher in teachers.items():
@@ -166,7 +165,7 @@ def extraction(
         bf16 = run_teacher(teacher, sample, "bf16")
         cosine = F.cosine_similarity(fp32.patch.flatten(0, -2), bf16.patch.flatten(0, -2), dim=-1)
         fidelity[name] = {"mean": round(cosine.mean().item(), 5), "min": round(cosine.min().item(), 5)}
-    return {**run, "peak_gpu_memory_gb": peak, "bf16_vs_fp32_token_cosine": fidelity}
+    return {**run, "peak_gpu_memory_gb": peak_gb, "bf16_vs_fp32_token_cosine": fidelity}
 
 
 # ----------------------------------------------------------------------------- 2. training step
@@ -233,11 +232,12 @@ def training(
     images, targets = random_inputs(specs, plan.train_batch, plan.canonical_size, device)
     out = []
     for size in plan.sizes:
-        flops: list[float] = []  # counted once per size, on the uncompiled student
+        flops = None  # counted once per size, on the uncompiled student
         for compiled in (False, True):
             reset_memory(device)
             try:
-                out.append(train_row(size, compiled, specs, plan, device, peak, images, targets, flops))
+                row, flops = train_row(size, compiled, specs, plan, device, peak, images, targets, flops)
+                out.append(row)
             except Exception as exc:
                 traceback.print_exc()
                 out.append({"size": size, "compile": compiled, "error": f"{type(exc).__name__}: {exc}"})
@@ -254,15 +254,16 @@ def train_row(
     peak: float | None,
     images: torch.Tensor,
     targets: dict[str, TeacherOutput],
-    flops: list[float],
-) -> dict[str, Any]:
+    flops: float | None,
+) -> tuple[dict[str, Any], float]:
+    """The row of one size and compile setting, and the step's counted FLOPs (``flops`` when given)."""
     student = build_student(size, specs, plan.canonical_size, device)
     model: nn.Module = student
     if compiled:
         model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
     step = make_step(student, model, device)
-    if not flops:
-        flops.append(step_flops(make_step(student, student, device) if compiled else step, images, targets))
+    if flops is None:
+        flops = step_flops(make_step(student, student, device) if compiled else step, images, targets)
     started = time.perf_counter()
     step(images, targets)
     sync(device)
@@ -276,8 +277,8 @@ def train_row(
         sync(device)
         times.append(time.perf_counter() - started)
     median = spread(times)["median"]
-    achieved = flops[0] / median / 1e12
-    return {
+    achieved = flops / median / 1e12
+    row = {
         "size": size,
         "compile": compiled,
         "compile_backend": plan.compile_backend if compiled else None,
@@ -286,11 +287,12 @@ def train_row(
         "first_step_s": round(first_s, 2),
         "step_s": spread(times),
         "images_per_s": round(plan.train_batch / median, 1),
-        "gflops_per_step": round(flops[0] / 1e9, 3),
+        "gflops_per_step": round(flops / 1e9, 3),
         "achieved_tflops": round(achieved, 4),
         "mfu": None if peak is None else round(achieved / peak, 3),
         "peak_gpu_memory_gb": peak_memory_gb(device),
     }
+    return row, flops
 
 
 # ----------------------------------------------------------------------------- 3. loader
@@ -368,7 +370,9 @@ def table(result: dict[str, Any]) -> str:
             f"extraction  pipeline {ext['pipeline_samples_per_s']} img/s / bare {ext['bare_forward_samples_per_s']} "
             f"= {ext['ratio']} (target >= 0.95), peak {ext['peak_gpu_memory_gb']} GB"
         )
-    for row in [{"size": "-", "compile": "-", **rows}] if isinstance(rows, dict) else rows:
+    if isinstance(rows, dict):  # the whole section failed: one row that says so
+        rows = [{"size": "-", "compile": "-", **rows}]
+    for row in rows:
         head = f"train {row['size']:<10} compile={row['compile']!s:<5}"
         if "error" in row:
             lines.append(f"{head} {row['error']}")

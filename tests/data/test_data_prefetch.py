@@ -46,7 +46,7 @@ def test_a_thread_that_cannot_start_its_device_raises_rather_than_hangs() -> Non
 
 
 def test_the_source_runs_ahead_by_depth_and_no_further() -> None:
-    """One item taken, depth 2: two wait in the queue and one is held by the blocked producer."""
+    """One item taken, depth 2: two more are made (one waiting, one made while it waits), no third."""
     made: list[int] = []
 
     def counted() -> Iterator[int]:
@@ -57,11 +57,25 @@ def test_the_source_runs_ahead_by_depth_and_no_further() -> None:
     stream = prefetched(counted, 2)
     assert next(stream) == 0
     deadline = time.monotonic() + 5.0
-    while len(made) < 4 and time.monotonic() < deadline:
+    while len(made) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # time enough to overrun the bound if it were not kept
-    assert len(made) == 4
+    assert len(made) == 3
+    assert next(stream) == 1
+    time.sleep(0.3)
+    assert len(made) == 4  # taking one frees one place
     stream.close()
+
+
+def test_on_consumer_runs_on_each_item_in_the_consumers_thread() -> None:
+    seen: list[tuple[int, str]] = []
+    items = list(
+        prefetched(
+            lambda: iter(range(5)), 1, on_consumer=lambda i: seen.append((i, threading.current_thread().name))
+        )
+    )
+    assert items == list(range(5))
+    assert seen == [(i, threading.current_thread().name) for i in range(5)]
 
 
 def test_closing_stops_the_thread_and_closes_the_source() -> None:

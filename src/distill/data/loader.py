@@ -94,8 +94,9 @@ class LoaderConfig:
     # A device ("cuda", "cuda:1"): workers ship the stored dtype (int8 is a quarter of float32) and
     # the loader finishes the batch on that device; images are moved there too.
     device: str | None = None
-    # With ``device``: batches made this many ahead on a background thread (distill.data.prefetch),
-    # so a GPU step does not wait for the main process's share of loading; 0: made when asked for.
+    # With ``device``: batches made up to this many ahead on a background thread (distill.data.prefetch;
+    # 1: the next while the current one is used), so a GPU step does not wait for the main process's
+    # share of loading; 0: made when asked for.
     device_prefetch: int = 1
     # Stats to normalise with instead of reading stats_dir (e.g. a finetune keeps its init student's).
     stats: Mapping[str, FeatureStats] | None = None
@@ -160,7 +161,7 @@ class _SlotPool:
     def give_back(self, worker: int, slot: int) -> None:
         self.free[worker].put(slot)
 
-    def page_lock(self, device: torch.device) -> bool:
+    def page_lock(self, device: torch.device) -> None:
         """Register every slot with CUDA (page-locked in place), so copies to the GPU are DMA straight
         from the slot instead of through a copy into pinned memory in this process (0.1 ms per MB,
         ~57 ms per batch of 256 samples of 2.2 MB: longer than the GPU step it feeds).
@@ -193,7 +194,6 @@ class _SlotPool:
                 "GPU through a copy into pinned memory instead, which may slow large batches",
                 failures[0],
             )
-        return not failures
 
     def unlock(self, device: torch.device) -> None:
         """Undo :meth:`page_lock` (before the slots are unmapped)."""

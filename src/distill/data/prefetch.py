@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 import torch
 
 T = TypeVar("T")
-_POLL_S = 0.1  # how often a blocked producer (consumer) looks whether the other side has gone
+_POLL_S = 0.1  # how often a waiting producer (consumer) looks whether the other side has gone
 
 
 @dataclass
@@ -60,7 +60,8 @@ def prefetched(
     device: torch.device | None = None,
     on_consumer: Callable[[T], None] | None = None,
 ) -> Iterator[T]:
-    """The items of ``source()``, made on a background thread: up to ``depth`` wait for the consumer.
+    """The items of ``source()``, made on a background thread at most ``depth`` ahead of the consumer
+    (counting the one being made: with ``depth=1`` the next item is made while the current one is used).
 
     ``source`` is called on the thread (so a CUDA stream it sees is the thread's own); its items come
     in order, and an exception it raises is raised here after the items before it. Closing this
@@ -69,30 +70,33 @@ def prefetched(
     """
     if depth < 1:
         raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-    ready: queue.Queue[_Item[T] | _Done | _Failed] = queue.Queue(maxsize=depth)
+    ready: queue.Queue[_Item[T] | _Done | _Failed] = queue.Queue()  # bounded by the permits
+    permits = threading.Semaphore(depth)  # one per item made and not yet taken by the consumer
     stop = threading.Event()
 
-    def offer(entry: _Item[T] | _Done | _Failed) -> bool:
+    def permitted() -> bool:
+        """Wait for a place ahead of the consumer; False once the consumer has gone."""
         while not stop.is_set():
-            try:
-                ready.put(entry, timeout=_POLL_S)
+            if permits.acquire(timeout=_POLL_S):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce() -> None:
         # the source's iterator is a local of this frame: returning closes it, on this thread
         try:
             with _device_context(device):
-                for item in source():
+                items = source()
+                while permitted():
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        break
                     if device is not None and device.type == "cuda":
                         torch.cuda.current_stream(device).synchronize()  # complete before it is handed over
-                    if not offer(_Item(item)):
-                        return
-            offer(_Done())
+                    ready.put(_Item(item))
+            ready.put(_Done())
         except BaseException as error:  # handed to the consumer, which raises it
-            offer(_Failed(error))
+            ready.put(_Failed(error))
 
     thread = threading.Thread(target=produce, name="distill-prefetch", daemon=True)
     thread.start()
@@ -104,13 +108,12 @@ def prefetched(
                 if thread.is_alive() or not ready.empty():
                     continue
                 # it offers an end or an error before it stops: never reached unless the thread was killed
-                raise RuntimeError(
-                    "the loader's prefetch thread stopped without a batch or an error"
-                ) from None
+                raise RuntimeError("the prefetch thread stopped without an item or an error") from None
             if isinstance(entry, _Done):
                 return
             if isinstance(entry, _Failed):
                 raise entry.error
+            permits.release()
             if on_consumer is not None:
                 on_consumer(entry.value)
             yield entry.value

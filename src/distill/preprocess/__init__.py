@@ -4,6 +4,5 @@ Each stage is a command (``distill-<stage>``, ``python -m distill.preprocess.<mo
 wrapper in scripts/preprocessing/): ``organize`` (image folder -> image shards), ``subsample_videos``
 (videos -> frame shards), ``extract`` (teacher features, torchrun-aware), ``calc_stats`` (feature
 stats) and ``check`` (validate a dataset). Their helpers: ``cli`` (logging, configs from flags),
-``background`` (read-ahead thread), ``rejected`` (rejected.txt), ``dataset_dir`` (creating a dataset
-folder). They write the format that :mod:`distill.data` defines and reads.
+``rejected`` (rejected.txt), ``dataset_dir`` (creating a dataset folder). They write the format that :mod:`distill.data` defines and reads.
 """

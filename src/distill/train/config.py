@@ -107,7 +107,7 @@ class DatasetConfig:
     max_buffer_gb: float | None  # per rank: bound on the decoded samples the shuffle buffers hold
     num_workers: int
     val_batch_size: int | None
-    device_prefetch: int  # on GPU: batches made ahead on a background thread (0: when asked for)
+    device_prefetch: int  # on GPU: batches made ahead on a background thread, at most (0: when asked for)
 
     def __post_init__(self) -> None:
         require_non_negative("dataset.shuffle_buffer", self.shuffle_buffer)
