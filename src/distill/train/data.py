@@ -98,6 +98,7 @@ class LoaderPlan:
 
     def first_images(self, batches: int) -> Iterator[torch.Tensor]:
         """Images of global batches ``0 .. batches-1`` (this rank's part), without teacher features."""
-        plain = replace(self.config, teachers=(), num_workers=0, device_prefetch=0)  # none made to be thrown away
+        # no prefetch: a batch made ahead here would be thrown away
+        plain = replace(self.config, teachers=(), num_workers=0, device_prefetch=0)
         stream = train_batches(plain, self.ctx.rank, self.ctx.world_size, start_batch=0)
         return (batch.images for batch in itertools.islice(stream, batches))
