@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 import distill.configs
+from distill.distributed import DistContext
 from distill.features import TeacherSpec
 from distill.models import PRESETS, Student
 from distill.models.config import StudentConfig
@@ -20,6 +21,7 @@ from distill.stats import FeatureStats
 from distill.teachers import load_teacher
 from distill.train import main
 from distill.train.config import RunConfig, load_run_config
+from distill.train.data import LoaderPlan
 from distill.train.setup import build_loss_config, check_architecture, load_student_weights, student_config
 from distill.train.typed import ConfigError
 
@@ -47,10 +49,14 @@ def test_defaults() -> None:
     assert cfg.training.lr == 5e-4 and cfg.init_from is None and cfg.resume is None
     assert all(t.source == "hub" and t.weight == 1.0 and not t.online for t in cfg.teachers.values())
     assert build_loss_config(cfg).teacher_weights == {"clip": 1.0, "dinov2": 1.0, "mae": 1.0}
-    assert (
-        cfg.dataset.device_prefetch == 1
-        and run_config("dataset.device_prefetch=0").dataset.device_prefetch == 0
-    )
+    assert cfg.dataset.device_prefetch == 1
+
+
+@pytest.mark.parametrize("depth", [0, 3])
+def test_dataset_device_prefetch_reaches_the_loader(depth: int) -> None:
+    cfg = run_config(f"dataset.device_prefetch={depth}")
+    plan = LoaderPlan(cfg, [], DistContext(), {})
+    assert plan.config.device_prefetch == depth
 
 
 @pytest.mark.parametrize(
