@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,28 @@ def test_an_infinite_gradient_stops_the_run_before_the_step(
     )
     checkpoints = sorted(p.name for p in (tmp_path / "inf-grad" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000001"]
+
+
+def test_a_failed_run_leaves_no_loader_worker_behind(
+    tiny_data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer closes its batch stream when training fails: the loader's worker process is gone
+    while the error is still held (its traceback keeps the trainer's frames, and the stream, alive)."""
+    original = Trainer._micro_step
+
+    def failing(self: Trainer, batch: Any, step: int, sync: bool) -> Any:
+        if step == 2:
+            raise RuntimeError("planted failure at step 2")
+        return original(self, batch, step, sync)
+
+    monkeypatch.setattr(Trainer, "_micro_step", failing)
+    run = [o for o in small_run(tiny_data, tmp_path, "fails") if o != "dataset.num_workers=0"]
+    cfg, resolved = in_process([*run, "dataset.num_workers=1"])
+    before = {p.pid for p in multiprocessing.active_children()}
+    with pytest.raises(RuntimeError, match="planted failure at step 2") as caught:
+        train(cfg, resolved)
+    assert caught.value.__traceback__ is not None
+    assert {p.pid for p in multiprocessing.active_children()} - before == set()
 
 
 def test_non_finite_weights_are_never_written_or_resumed(tiny_data: TinyData, tmp_path: Path) -> None:
