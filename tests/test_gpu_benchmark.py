@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIVE = ["clip", "dinov2", "mae", "sam", "depth_anything"]
@@ -76,3 +77,26 @@ def test_a_failing_section_is_recorded_and_the_others_keep_their_figures(
         "train -          compile=-     ZeroDivisionError: division by zero",
         "loader      KeyError: 'no stats'",
     ]
+
+
+def test_a_failed_extraction_marks_the_run_incomplete_and_skips_the_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole script with its extraction section failing: training still measured, the loader (which
+    reads the extraction's features) not run, ``complete`` false and exit status 1."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpu = importlib.import_module("gpu")
+
+    def out_of_memory(*_: object) -> None:
+        raise torch.OutOfMemoryError("planted")
+
+    monkeypatch.setattr(gpu, "extraction", out_of_memory)
+    output = tmp_path / "gpu.json"
+    assert gpu.main(["--smoke", "--output", str(output)]) == 1
+    result = json.loads(output.read_text())
+    assert result["complete"] is False
+    assert result["extraction"] == {"error": "OutOfMemoryError: planted"}
+    assert result["loader"]["error"].startswith("not run: the extraction section")
+    assert [(row["size"], row["compile"]) for row in result["training"]] == [("tiny", False), ("tiny", True)]
+    assert all("error" not in row for row in result["training"])
