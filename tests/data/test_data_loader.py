@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import shutil
 import tarfile
 import weakref
 from collections.abc import Callable
@@ -20,7 +21,14 @@ from PIL import Image
 
 from distill.data.codec import decode_sample, parse_sample
 from distill.data.dataset import Batch, DatasetView, DecodedSample, concat_batches, open_view
-from distill.data.loader import LoaderConfig, eval_batches, sample_bytes, stream_buffer, train_batches
+from distill.data.loader import (
+    LoaderConfig,
+    check_shared_memory,
+    eval_batches,
+    sample_bytes,
+    stream_buffer,
+    train_batches,
+)
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard, list_keys, split_member
 from distill.stats import FeatureStats
@@ -299,3 +307,14 @@ def test_packed_layout_reopens_the_same_tensors(built: Built) -> None:
             assert b.data_ptr() != a.data_ptr()
     with pytest.raises(ValueError, match="not a contiguous view of the buffer"):
         packed.layout(copy)
+
+
+def test_too_little_shared_memory_is_refused_before_a_worker_dies_of_it(tmp_path: Path) -> None:
+    """The slots' tmpfs pages are taken when first written: a full one would SIGBUS a worker mid-run."""
+    free = shutil.disk_usage(tmp_path).free
+    check_shared_memory(1, tmp_path)
+    with pytest.raises(
+        RuntimeError, match=rf"need [0-9.]+ GB in {tmp_path}, which has [0-9.]+ GB free; enlarge it"
+    ):
+        check_shared_memory(free + 2**40, tmp_path)
+    check_shared_memory(2**60, tmp_path / "absent")  # no such folder: not a tmpfs platform, nothing to check

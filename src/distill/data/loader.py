@@ -36,6 +36,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ from distill.stats import FeatureStats
 
 log = logging.getLogger(__name__)
 _HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every CUDA context
+SHARED_MEMORY = Path("/dev/shm")  # where torch's shared-memory tensors live on Linux
 SKEW_WARNING = 1.05  # warn when streams differ in size by more than 5%
 SAMPLE_OVERHEAD = 2048  # Python objects, tensor headers and metadata of one decoded sample
 
@@ -140,6 +142,7 @@ class _SlotPool:
 
     def __init__(self, workers: int, slots: int, nbytes: int) -> None:
         context = multiprocessing.get_context()  # the one DataLoader uses by default
+        check_shared_memory(workers * slots * nbytes)
         self.nbytes = nbytes
         self.buffers = [[_shared_bytes(nbytes) for _ in range(slots)] for _ in range(workers)]
         self.free: list[Any] = [context.Queue() for _ in range(workers)]
@@ -201,6 +204,22 @@ class _SlotPool:
             cudart = torch.cuda.cudart()
             _on_own_thread(lambda: [cudart.cudaHostUnregister(ptr) for ptr in self.locked], device)
             self.locked = []
+
+
+def check_shared_memory(nbytes: int, folder: Path = SHARED_MEMORY) -> None:
+    """Refuse to start when ``folder`` (tmpfs) has less free space than the slots need: its pages are
+    taken only when a worker first writes a slot, and a full tmpfs then kills that worker with SIGBUS
+    ("DataLoader worker killed by signal: Bus error"), far from the cause."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # no such folder (not Linux): shared memory is not a tmpfs there
+        return
+    if free < nbytes:
+        raise RuntimeError(
+            f"the training loader's shared-memory slots need {nbytes / 1e9:.2f} GB in {folder}, which has "
+            f"{free / 1e9:.2f} GB free; enlarge it (docker: --shm-size) or lower dataset.num_workers or "
+            "training.batch_size"
+        )
 
 
 def _on_own_thread(work: Callable[[], object], device: torch.device) -> None:
