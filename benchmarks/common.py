@@ -104,6 +104,7 @@ def paired_ratio(
     }
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
+def write_result(path: Path, result: dict[str, Any], echo: bool = True) -> None:
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    if echo:
+        print(json.dumps(result, indent=2))

@@ -23,7 +23,6 @@ with the ``eager`` backend (dynamo only: inductor's C++ build would take minutes
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
 import time
@@ -42,7 +41,6 @@ from common import FIVE, base_parser, machine, paired_ratio, spread, synthetic_d
 from distill.data.dataset import Batch
 from distill.data.loader import LoaderConfig, train_batches
 from distill.features import TeacherOutput, TeacherSpec
-from distill.io import atomic_write_text
 from distill.losses import LossConfig, distillation_loss
 from distill.models import Student, StudentConfig
 from distill.optim import build_optimizer
@@ -239,8 +237,7 @@ def training(
                 row, flops = train_row(size, compiled, specs, plan, device, peak, images, targets, flops)
                 out.append(row)
             except Exception as exc:
-                traceback.print_exc()
-                out.append({"size": size, "compile": compiled, "error": f"{type(exc).__name__}: {exc}"})
+                out.append({"size": size, "compile": compiled, **failure(exc)})
             torch._dynamo.reset()
     return out
 
@@ -443,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 teachers.clear()  # their GPU memory, before the student steps
                 reset_memory(device)
             result["wall_seconds"] = round(time.perf_counter() - started, 1)
-            atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")  # kept if a later one dies
+            write_result(args.output, result, echo=False)  # kept if a later section dies
     result["complete"] = not failed
     write_result(args.output, result)
     print(table(result))
@@ -457,9 +454,14 @@ def run_section(result: dict[str, Any], name: str, work: Callable[[], Any]) -> b
         result[name] = work()
         return True
     except Exception as exc:
-        traceback.print_exc()
-        result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        result[name] = failure(exc)
         return False
+
+
+def failure(exc: Exception) -> dict[str, str]:
+    """What a failed section or training row records in place of its figures (the traceback is printed)."""
+    traceback.print_exc()
+    return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 if __name__ == "__main__":

@@ -389,22 +389,33 @@ def _finish(part: Batch | PackedBatch, view: DatasetView, cfg: LoaderConfig) -> 
     return part.finish(view.stats, cfg.device) if isinstance(part, PackedBatch) else part
 
 
+def _open_chunks(
+    chunks: list[_Chunk], pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig
+) -> list[list[Batch]]:
+    """Each chunk's parts finished; the pool slots they came in go back to their workers once nothing
+    served still points into them (page-locked slots: after one wait for all the batch's copies)."""
+    try:
+        return [_open_chunk(chunk, pool, view, cfg) for chunk in chunks]
+    finally:
+        held = [(chunk.worker, chunk.slot) for chunk in chunks if chunk.slot is not None]
+        if pool is not None and held:
+            if pool.locked:  # the copies to the GPU read the slots themselves
+                torch.cuda.current_stream().synchronize()
+            for worker, slot in held:
+                pool.give_back(worker, slot)
+
+
 def _open_chunk(chunk: _Chunk, pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig) -> list[Batch]:
-    """The chunk's parts finished; a pool slot is handed back once nothing served still points into it."""
+    """The chunk's parts finished (a CPU tensor still lying in its slot is copied out)."""
     if chunk.slot is None or chunk.layouts is None:
         return [_finish(part, view, cfg) for part in chunk.parts]
     if pool is None:
         raise RuntimeError("a loader chunk in a shared slot arrived without its pool")
     buffer = pool.buffers[chunk.worker][chunk.slot]
-    try:
-        packed = [layout.open(buffer) for layout in chunk.layouts]
-        if cfg.pin_memory and not pool.locked:
-            packed = [part.pin_memory() for part in packed]
-        return [_detached(_finish(part, view, cfg), buffer) for part in packed]
-    finally:
-        if pool.locked:  # copies read the slot itself: all of them done before a worker may refill it
-            torch.cuda.current_stream().synchronize()
-        pool.give_back(chunk.worker, chunk.slot)
+    packed = [layout.open(buffer) for layout in chunk.layouts]
+    if cfg.pin_memory and not pool.locked:
+        packed = [part.pin_memory() for part in packed]
+    return [_detached(_finish(part, view, cfg), buffer) for part in packed]
 
 
 def _detached(batch: Batch, buffer: torch.Tensor) -> Batch:
@@ -539,13 +550,14 @@ def train_batches(
     def assembled(chunks: Iterator[_Chunk]) -> Iterator[Batch]:
         for k in itertools.count(start_batch):
             got = [next(chunks) for _ in range(max(workers, 1))]
-            parts: list[Batch | None] = [None] * len(mine)
             for chunk in got:
                 if chunk.batch_index != k:
                     raise RuntimeError(
                         f"loader chunk for batch {chunk.batch_index} arrived while assembling batch {k}"
                     )
-                for stream, part in zip(chunk.streams, _open_chunk(chunk, pool, view, cfg), strict=True):
+            parts: list[Batch | None] = [None] * len(mine)
+            for chunk, finished in zip(got, _open_chunks(got, pool, view, cfg), strict=True):
+                for stream, part in zip(chunk.streams, finished, strict=True):
                     parts[order[stream]] = part
             if any(part is None for part in parts):
                 raise RuntimeError(f"batch {k}: a stream's part is missing")

@@ -8,8 +8,7 @@ launches release the GIL, and the step's thread waits on the device with the GIL
 
 On CUDA the thread works on its own stream (created for ``device``), so the copies to the device and
 the dequantising kernels run beside the step's kernels rather than queued behind them; each item is
-complete on the device when the consumer gets it (the thread synchronises its stream first, which
-also lets the loader hand a shared-memory slot back as soon as its bytes are on the device).
+complete on the device when the consumer gets it (the thread synchronises its stream first).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Generic, TypeVar
 import torch
 
 T = TypeVar("T")
-_POLL_S = 0.1  # how often a waiting producer (consumer) looks whether the other side has gone
+_POLL_S = 0.1  # how often a producer waiting for a place looks whether the consumer has gone
 
 
 @dataclass
@@ -73,6 +72,7 @@ def prefetched(
     ready: queue.Queue[_Item[T] | _Done | _Failed] = queue.Queue()  # bounded by the permits
     permits = threading.Semaphore(depth)  # one per item made and not yet taken by the consumer
     stop = threading.Event()
+    on_cuda = device is not None and device.type == "cuda"
 
     def permitted() -> bool:
         """Wait for a place ahead of the consumer; False once the consumer has gone."""
@@ -91,7 +91,7 @@ def prefetched(
                         item = next(items)
                     except StopIteration:
                         break
-                    if device is not None and device.type == "cuda":
+                    if on_cuda:
                         torch.cuda.current_stream(device).synchronize()  # complete before it is handed over
                     ready.put(_Item(item))
             ready.put(_Done())
@@ -102,13 +102,7 @@ def prefetched(
     thread.start()
     try:
         while True:
-            try:
-                entry = ready.get(timeout=_POLL_S)
-            except queue.Empty:
-                if thread.is_alive() or not ready.empty():
-                    continue
-                # it offers an end or an error before it stops: never reached unless the thread was killed
-                raise RuntimeError("the prefetch thread stopped without an item or an error") from None
+            entry = ready.get()  # the thread always ends with _Done or _Failed
             if isinstance(entry, _Done):
                 return
             if isinstance(entry, _Failed):

@@ -361,14 +361,13 @@ class Trainer:
 
     def fit(self) -> Path:
         training = self.cfg.training
-        # closed when training ends or fails: stops the loader's prefetch thread and workers at once
-        stream = contextlib.closing(self.loader.train(start_batch=self.step * training.grad_accum))
         window = _Window()
         # a frozen student (adapters) runs in eval mode: z batch norm keeps its statistics, no buffer moves
         self.model.train(self.adapter is None)
         if training.val_at_start and self.step == 0:
             self.validate()
-        with stream as batches:
+        # closed when training ends or fails: stops the loader's prefetch thread and workers at once
+        with contextlib.closing(self.loader.train(start_batch=self.step * training.grad_accum)) as batches:
             while self.step < training.steps:
                 started = time.perf_counter()
                 lr, grad_norm = self._optimizer_step(batches, window)
