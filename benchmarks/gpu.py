@@ -11,7 +11,7 @@
    runs it (bf16 autocast, SDPA attention, fused AdamW, loss checks, gradient clipping), with
    ``torch.compile`` off and on: step time, images/s, and MFU = counted FLOPs of forward + backward
    (torch's FlopCounterMode) / step time / the device's dense bf16 peak (``--peak-tflops`` when the
-   device is not in the table).
+   device is not in the table). Uncompiled rows also list the operators with the most device time.
 3. Training loader with ``device=cuda`` (workers ship int8, the GPU dequantises and normalises)
    feeding the ``deit_small`` step, against the same batches already in GPU memory; the loader
    alone, in samples/s per worker core, and the cores that step needs. Every figure of this section
@@ -275,6 +275,7 @@ def train_row(
         times.append(time.perf_counter() - started)
     median = spread(times)["median"]
     achieved = flops / median / 1e12
+    profile = None if compiled else top_ops(lambda: step(images, targets), device)
     row = {
         "size": size,
         "compile": compiled,
@@ -289,7 +290,31 @@ def train_row(
         "mfu": None if peak is None else round(achieved / peak, 3),
         "peak_gpu_memory_gb": peak_memory_gb(device),
     }
+    if profile is not None:
+        row["top_ops"] = profile
     return row, flops
+
+
+def top_ops(
+    step: Callable[[], None], device: torch.device, steps: int = 2, top: int = 12
+) -> list[dict[str, Any]]:
+    """Where one step's device time goes: the operators with the most self time (on the GPU when
+    there is one), per step and as a share of the step's total, so a missed MFU target names its cause."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        sync(device)
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = [(getattr(event, attribute), event.key) for event in profiler.key_averages()]
+    total = sum(us for us, _ in averages) or 1.0
+    ranked = sorted(averages, reverse=True)[:top]
+    return [
+        {"op": key, "ms_per_step": round(us / steps / 1e3, 3), "share": round(us / total, 4)}
+        for us, key in ranked
+    ]
 
 
 # ----------------------------------------------------------------------------- 3. loader

@@ -24,7 +24,7 @@ from student import REAL_TEACHERS
 
 
 def _resample_then_map(self: SpatialHead, tokens: torch.Tensor) -> torch.Tensor:
-    x = resample_grid(self.norm(tokens).permute(0, 3, 1, 2), self.grid)
+    x = resample_grid(self.norm(tokens), self.grid).permute(0, 3, 1, 2)
     return self.out(self.act(self.mix(x))).permute(0, 2, 3, 1)
 
 

@@ -45,6 +45,11 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
         assert row["images_per_s"] == pytest.approx(plan["train_batch"] / step, rel=1e-2, abs=0.05)
         assert row["mfu"] == pytest.approx(row["gflops_per_step"] / 1e3 / step / 0.5, rel=2e-2, abs=1e-3)
         assert row["peak_gpu_memory_gb"] is None  # CPU
+    ops = rows[0]["top_ops"]  # the uncompiled step's operators by self time, largest first
+    assert "top_ops" not in rows[1] and 0 < len(ops) <= 12
+    shares = [op["share"] for op in ops]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-3
+    assert any(op["op"] == "aten::mm" or op["op"] == "aten::addmm" for op in ops)
 
     loader = result["loader"]
     assert loader["workers"] == plan["loader_workers"] and loader["global_batch"] == plan["train_batch"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,3 +77,17 @@ class WarmupCosine:
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation choice.
+
+    Loading replaces the parameter groups' settings with the saved ones, ``fused`` included: a run
+    resumed on a GPU from a checkpoint written on a CPU would silently lose fused AdamW (and keep its
+    step counters on the CPU). The saved groups get this optimizer's ``fused`` and ``foreach`` first.
+    """
+    groups = [
+        {**saved, "fused": now.get("fused"), "foreach": now.get("foreach")}
+        for saved, now in zip(state["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({**state, "param_groups": groups})

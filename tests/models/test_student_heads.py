@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distill.models import PixelHead, SpatialHead, patchify, resample_grid
 
@@ -37,11 +38,33 @@ def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
 def test_resampling_matches_an_independent_bilinear_reference(
     src: tuple[int, int], dst: tuple[int, int]
 ) -> None:
-    grid = torch.randn(2, 5, *src, dtype=torch.float64)
+    grid = torch.randn(2, *src, 5, dtype=torch.float64)  # channels last
     got = resample_grid(grid, dst).numpy()
     rows, cols = _triangle_weights(src[0], dst[0]), _triangle_weights(src[1], dst[1])
-    want = np.einsum("ij,bcjk,lk->bcil", rows, grid.numpy(), cols)
+    want = np.einsum("ij,bjkc,lk->bilc", rows, grid.numpy(), cols)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((14, 14), (64, 64)), ((14, 14), (16, 16)), ((16, 16), (14, 14)), ((6, 4), (3, 10))]
+)
+def test_resampling_by_matrices_is_interpolate_forward_and_backward(
+    src: tuple[int, int], dst: tuple[int, int]
+) -> None:
+    """The two matrix products give F.interpolate's values and gradients (its CUDA backward, which
+    the products replace, scatters with atomic adds)."""
+    torch.manual_seed(0)
+    grid = torch.randn(2, *src, 5, dtype=torch.float64, requires_grad=True)
+    channels_first = grid.detach().permute(0, 3, 1, 2).requires_grad_()
+    shrinks = dst[0] < src[0] or dst[1] < src[1]
+    want = F.interpolate(channels_first, size=dst, mode="bilinear", align_corners=False, antialias=shrinks)
+    got = resample_grid(grid, dst)
+    torch.testing.assert_close(got, want.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(got)
+    (got * upstream).sum().backward()
+    (want * upstream.permute(0, 3, 1, 2)).sum().backward()
+    assert grid.grad is not None and channels_first.grad is not None
+    torch.testing.assert_close(grid.grad, channels_first.grad.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
@@ -117,6 +140,6 @@ def test_spatial_head_equals_resampling_before_mapping(
     torch.manual_seed(0)
     head = SpatialHead(in_dim=12, out_dim=7, grid=teacher_grid, kind=kind, hidden_dim=10).double()  # type: ignore[arg-type]
     tokens = torch.randn(2, *student_grid, 12, dtype=torch.float64)
-    resampled = resample_grid(head.norm(tokens).permute(0, 3, 1, 2), teacher_grid)
+    resampled = resample_grid(head.norm(tokens), teacher_grid).permute(0, 3, 1, 2)
     want = head.out(head.act(head.mix(resampled))).permute(0, 2, 3, 1)
     torch.testing.assert_close(head(tokens), want, rtol=1e-12, atol=1e-12)

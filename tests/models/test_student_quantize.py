@@ -64,6 +64,17 @@ def test_vq_learns_the_means_of_its_assignments_and_restarts_dead_codes() -> Non
     torch.testing.assert_close(lone.codebook[0, 0], torch.tensor([2.0, 3.0]), atol=1e-3, rtol=0)
 
 
+def test_vq_updates_its_fp32_codebook_under_bf16_autocast() -> None:
+    """The trainer's GPU forward runs in bf16 autocast; the codebook's running sums stay fp32 (they
+    would come out of the einsum in bf16 and fail to update an fp32 buffer)."""
+    lone = VectorQuantizer(2, 2, 1).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(200):
+            lone(torch.tensor([[1.0, 2.0], [3.0, 4.0]]).repeat(8, 1).requires_grad_())
+    assert {b.dtype for b in lone.buffers()} == {torch.float32}
+    torch.testing.assert_close(lone.codebook[0, 0], torch.tensor([2.0, 3.0]), atol=1e-3, rtol=0)
+
+
 def test_eval_forwards_leave_the_codebook_alone() -> None:
     vq = VectorQuantizer(4, 2, 8).eval()
     before = {name: b.clone() for name, b in vq.named_buffers()}

@@ -6,6 +6,7 @@ import pytest
 import torch
 from student_fixtures import IMAGE_SIZE, images, make_student
 
+from distill.models.decoder import ZProjection
 from distill.models.znorm import ZBatchNorm
 
 
@@ -19,6 +20,21 @@ def test_training_mode_standardises_each_dimension_over_the_batch() -> None:
     torch.testing.assert_close(
         out.var(0, unbiased=False), torch.ones(5), atol=1e-2, rtol=0
     )  # eps shows at 0.05
+
+
+@pytest.mark.parametrize("z_norm", ["batch", "none"])
+def test_z_is_projected_in_fp32_under_bf16_autocast(z_norm: str) -> None:
+    """The trainer runs bf16 autocast on a GPU. Frames of a static scene give CLS tokens that differ by
+    ~1% of their size; a bf16 projection rounds z by ~0.4% of it, which would drown those differences."""
+    torch.manual_seed(0)
+    projection = ZProjection(32, 8, z_norm).train()  # type: ignore[arg-type]
+    shared = torch.randn(1, 5, 32) * 10
+    tokens = shared + 0.1 * torch.randn(16, 5, 32)  # what tells the 16 frames apart: 1% of the token
+    want = projection(tokens, (2, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = projection(tokens, (2, 2))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_removes_what_every_sample_shares() -> None:

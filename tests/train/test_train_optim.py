@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill.optim import WarmupCosine, build_optimizer, split_decay
+from distill.optim import WarmupCosine, build_optimizer, load_optimizer_state, split_decay
 from distill.train.ema import Ema, decay_at
 
 
@@ -50,6 +50,38 @@ def test_optimizer_applies_decay_only_to_matrices() -> None:
     optimizer.step()
     assert torch.allclose(model.linear.weight, torch.full((3, 3), 1.0 - 0.1 * 0.5))
     assert torch.equal(model.position_embeddings, torch.ones(1, 4, 3))
+
+
+def test_a_resumed_optimizer_keeps_its_own_fused_setting() -> None:
+    """A checkpoint written by an unfused run (a CPU's) loaded into a fused optimizer (a GPU's) stays
+    fused, and its next step is the unfused continuation's; plain load_state_dict would unfuse it."""
+
+    def built(fused: bool) -> tuple[_Toy, torch.optim.AdamW]:
+        torch.manual_seed(0)
+        model = _Toy()
+        return model, build_optimizer(model, 0.1, 0.05, (0.9, 0.999), ["position_embeddings"], fused=fused)
+
+    def step(model: _Toy, optimizer: torch.optim.AdamW) -> None:
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+
+    saver, saved = built(fused=False)
+    step(saver, saved)
+    state = saved.state_dict()
+    resumed, fused = built(fused=True)
+    resumed.load_state_dict(saver.state_dict())
+    load_optimizer_state(fused, state)
+    assert all(group["fused"] for group in fused.param_groups)
+    assert [g["weight_decay"] for g in fused.param_groups] == [g["weight_decay"] for g in saved.param_groups]
+    step(saver, saved)
+    step(resumed, fused)
+    for want, got in zip(saver.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    plain = built(fused=True)[1]
+    plain.load_state_dict(state)
+    assert not any(group["fused"] for group in plain.param_groups)  # what the helper prevents
 
 
 def test_warmup_cosine_values() -> None:

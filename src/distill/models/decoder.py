@@ -38,7 +38,10 @@ class ZProjection(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """z, and with keypoints their log-softmax weights [B, N, K] and candidate positions [B, N, K, 2]
         from the same pass (what the sprites' search scores), else None."""
-        z = self.linear(self.norm(tokens[:, 0]))
+        # fp32 whatever the autocast: z's spread across frames can be ~1/100 of its size (a static
+        # scene), under bf16's rounding of z (1/256 of it), so a bf16 z would lose what tells frames apart
+        with torch.autocast(tokens.device.type, enabled=False):
+            z = self.linear(self.norm(tokens[:, 0].float()))
         if self.z_norm is not None:
             z = self.z_norm(z)
         if self.keypoints is None:

@@ -10,16 +10,37 @@ from distill.features import TeacherOutput, TeacherSpec
 from distill.models.config import HeadKind
 
 
-def resample_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resampling of a channels-first grid [B, C, h, w] to ``size`` (half-pixel centres).
+def resampling_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """[n_out, n_in]: ``F.interpolate``'s bilinear weights along one axis (half-pixel centres): a
+    triangle around each output's centre in input cells, widened by the scale and normalised when the
+    axis shrinks (antialiasing), the centre clamped to the edge cells when it grows."""
+    exact = torch.promote_types(like.dtype, torch.float32)  # float64 stays float64
+    scale = n_in / n_out
+    centres = (torch.arange(n_out, dtype=exact, device=like.device) + 0.5) * scale - 0.5
+    if scale <= 1.0:
+        centres = centres.clamp(0.0, n_in - 1.0)
+    cells = torch.arange(n_in, dtype=exact, device=like.device)
+    weights = (1.0 - (cells[None, :] - centres[:, None]).abs() / max(scale, 1.0)).clamp_min(0.0)
+    return (weights / weights.sum(1, keepdim=True)).to(like.dtype)
 
-    Antialiased when a side shrinks, so a teacher grid smaller than the student's averages
+
+def resample_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of a channels-last grid [B, h, w, C] to ``size`` (half-pixel centres),
+    antialiased along a side that shrinks, so a teacher grid smaller than the student's averages
     neighbouring tokens instead of skipping some.
+
+    Two small matrix products, one per axis, rather than ``F.interpolate``: the same numbers, but the
+    backward pass is two more products, where interpolate's CUDA backward scatters every output
+    gradient into its source cells with atomic adds, which serialise when a 14x14 grid feeds SAM's
+    64x64 (each cell takes ~20 of them); and the grid stays channels-last, the layout of tokens,
+    heads and teacher features, with no transposes around a channels-first kernel.
     """
-    if tuple(x.shape[-2:]) == tuple(size):
+    (h, w), (out_h, out_w) = x.shape[1:3], size
+    if (h, w) == (out_h, out_w):
         return x
-    shrinks = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
+    batch, channels = x.shape[0], x.shape[-1]
+    rows = resampling_matrix(h, out_h, x) @ x.reshape(batch, h, w * channels)  # [B, out_h, w * C]
+    return resampling_matrix(w, out_w, x) @ rows.view(batch, out_h, w, channels)  # [B, out_h, out_w, C]
 
 
 class SpatialHead(nn.Module):
@@ -30,7 +51,8 @@ class SpatialHead(nn.Module):
 
     For ``mlp`` the first layer runs on whichever grid is smaller, the student's or the teacher's:
     resampling weights sum to one, so it commutes with a per-position affine map, and mapping
-    14x14 tokens before resampling to SAM's 64x64 grid costs 1/20 of mapping after it.
+    14x14 tokens before resampling to SAM's 64x64 grid costs 1/20 of mapping after it. The 1x1
+    layers run channels-last as plain matrix products (their weights keep the convolution's shape).
     """
 
     def __init__(
@@ -47,13 +69,20 @@ class SpatialHead(nn.Module):
         self.out = nn.Conv2d(hidden_dim, out_dim, kernel_size=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.norm(tokens).permute(0, 3, 1, 2)
-        h, w = x.shape[-2:]
-        if self.mix.kernel_size == (1, 1) and h * w < self.grid[0] * self.grid[1]:
-            x = resample_grid(self.mix(x), self.grid)
+        x = self.norm(tokens)
+        h, w = x.shape[1:3]
+        if self.mix.kernel_size != (1, 1):
+            x = self.mix(resample_grid(x, self.grid).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        elif h * w < self.grid[0] * self.grid[1]:
+            x = resample_grid(_pointwise(self.mix, x), self.grid)
         else:
-            x = self.mix(resample_grid(x, self.grid))
-        return self.out(self.act(x)).permute(0, 2, 3, 1)
+            x = _pointwise(self.mix, resample_grid(x, self.grid))
+        return _pointwise(self.out, self.act(x))
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to a channels-last grid [B, h, w, C_in] -> [B, h, w, C_out]."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 class SummaryHead(nn.Module):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.teachers.precision import tf32
+
 POSITION_SCALE = math.sqrt(12.0)
 
 
@@ -161,14 +163,14 @@ class KeypointSprites(nn.Module):
         candidate is :attr:`SpriteSearch.assignment`. The average alone pulls a softmax only where it
         already puts weight, so a keypoint that settled on a large object never finds a small one
         that a sprite would draw better; the cross-entropy pulls it there from anywhere.
-        Computed in fp32 (the map is a difference of two blurs), outside any autocast.
+        Computed in fp32 (the map is a difference of two blurs), outside any autocast and without TF32.
         """
         height, width = pixels.shape[-2:]
         # One kernel size for every blur of the call: 4 sigma of the widest sprite (one host sync).
         half = max(1, math.ceil(4 * float(self.log_radius.detach().exp().max()) * width))
         dtype = torch.promote_types(pixels.dtype, torch.float32)
         change = assignment = pixels.new_zeros((), dtype=dtype)
-        with torch.autocast(pixels.device.type, enabled=False):
+        with torch.autocast(pixels.device.type, enabled=False), tf32(False):
             pixels, target, log_weights, candidates = (
                 t.to(dtype) for t in (pixels, target, log_weights, candidates)
             )

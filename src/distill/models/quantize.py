@@ -198,7 +198,9 @@ class VectorQuantizer(Quantizer):
     def _update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
         onehot = F.one_hot(codes, self.vocabulary).float()  # [B, codes, vocabulary]
         counts = _global_sum(onehot.sum(0))
-        sums = _global_sum(torch.einsum("bgk,bgd->gkd", onehot, x))
+        # fp32 like the buffers it updates: under the trainer's bf16 autocast (GPU) einsum would round
+        with torch.autocast(x.device.type, enabled=False):
+            sums = _global_sum(torch.einsum("bgk,bgd->gkd", onehot, x.float()))
         self.counts.lerp_(counts, 1 - VQ_DECAY)
         self.sums.lerp_(sums, 1 - VQ_DECAY)
         used = self.counts > 0

@@ -42,12 +42,14 @@ class ZBatchNorm(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return (z - self.running_mean) / (self.running_var + self.eps).sqrt()
-        z32 = z.float()
-        count = _global_sum(torch.tensor([float(z.shape[0])], device=z.device))
-        if float(count) < 2:
+        # the check reads shapes, not the summed count: reading a GPU value back would stall the
+        # host mid-step (and break a compiled graph in two); training ranks hold equal batches
+        if z.shape[0] * _world_size() < 2:
             raise ValueError(
                 "z batch norm needs at least 2 samples per step across all ranks in training mode"
             )
+        z32 = z.float()
+        count = _global_sum(torch.tensor([float(z.shape[0])], device=z.device))
         mean = _global_sum(z32.sum(0)) / count
         var = _global_sum((z32 - mean).square().sum(0)) / count
         with torch.no_grad():
@@ -80,7 +82,9 @@ class ZBatchNorm(nn.Module):
             self.running_var.copy_((second - mean.square()).clamp_min(0) * count / (count - 1))
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return all_reduce(x)
-    return x
+    return all_reduce(x) if _world_size() > 1 else x

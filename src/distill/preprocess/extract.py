@@ -401,11 +401,12 @@ class _OpenShard:
 
 
 def _task_batches(
-    cfg: ExtractConfig, images: Path, size: int, tasks: list[_ShardTask]
+    cfg: ExtractConfig, images: Path, size: int, tasks: list[_ShardTask], device: torch.device
 ) -> Iterator[tuple[_ShardTask, list[str], torch.Tensor]]:
+    """Decoded batches, page-locked on a GPU machine so the copy to the GPU can run asynchronously."""
     for task in tasks:
         for keys, batch in decode_batches(images / task.shard.name, size, cfg.batch_size, cfg.decode_threads):
-            yield task, keys, batch
+            yield task, keys, batch.pin_memory() if device.type == "cuda" else batch
 
 
 def _run_tasks(
@@ -424,11 +425,16 @@ def _run_tasks(
         name: VideoTargets(cfg.dataset, manifest, teachers[name], cfg.precision, cfg.batch_size)
         for name in video_teachers(teachers)
     }
+    device = next(iter(teachers.values())).device
     with ThreadPoolExecutor(1) as writer:
         try:
-            for task, keys, batch in prefetched(
-                functools.partial(_task_batches, cfg, images, manifest.canonical_size, tasks), depth=3
+            for task, keys, decoded in prefetched(
+                functools.partial(_task_batches, cfg, images, manifest.canonical_size, tasks, device), depth=3
             ):
+                # once per batch and without waiting: each teacher moving the batch itself would copy
+                # it five times, each copy from pageable memory stalling the host until the GPU's queue
+                # drains, so the kernels of the next teacher start late
+                batch = decoded.to(device, non_blocking=True)
                 if current is None or current.task is not task:
                     if current is not None:
                         report.written += [str(p) for p in current.finish()]

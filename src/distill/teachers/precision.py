@@ -44,23 +44,31 @@ def resolved_precision(precision: TeacherPrecision, device: torch.device) -> Fea
 
 
 @contextmanager
+def tf32(allowed: bool) -> Iterator[None]:
+    """TF32 on or off for float32 matrix products and cuDNN convolutions, restored after (on a GPU,
+    cuDNN allows it by default: 10 bits of mantissa where a difference of near-equal values needs 23)."""
+    matmul = torch.get_float32_matmul_precision()
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if allowed else "highest")
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@contextmanager
 def teacher_precision(precision: TeacherPrecision, device: torch.device) -> Iterator[None]:
     """bf16 autocast (TF32 allowed for what stays fp32) or strict fp32 (TF32 off), restored after."""
     bf16 = uses_bf16(precision, device)
-    matmul = torch.get_float32_matmul_precision()
-    cudnn_tf32 = torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high" if bf16 else "highest")
-    torch.backends.cudnn.allow_tf32 = bf16
-    try:
+    with tf32(bf16):
         if bf16:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 yield
         else:  # an autocast around the call must not turn "fp32" into bf16
             with torch.autocast(device_type=device.type, enabled=False):
                 yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
 def run_teacher(teacher: Teacher, images: torch.Tensor, precision: TeacherPrecision) -> TeacherOutput:

@@ -159,7 +159,7 @@ class LoraAdapter(Generic[ModuleT]):
             with torch.no_grad():
                 for name, param in self.trained.items():
                     param.copy_(trained[name])
-        if any(not torch.equal(v, lora[k]) for k, v in self.lora_state().items()):
+        if any(not torch.equal(v.cpu(), lora[k]) for k, v in self.lora_state().items()):
             raise RuntimeError(f"{folder / WEIGHTS_NAME}: peft did not load every adapter tensor")
 
 

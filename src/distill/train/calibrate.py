@@ -36,7 +36,8 @@ def image_moments(batches: Iterable[torch.Tensor], ctx: DistContext) -> ImageMom
         count += x.shape[0]
     if first is None or second is None:
         raise ValueError("no training images to calibrate on: the train split is empty")
-    totals = all_reduce_sum(ctx, torch.cat([first.flatten(), second.flatten(), torch.tensor([float(count)])]))
+    samples = torch.tensor([float(count)], dtype=first.dtype, device=first.device)
+    totals = all_reduce_sum(ctx, torch.cat([first.flatten(), second.flatten(), samples]))
     size = first.numel()
     n = totals[-1]
     mean = totals[:size] / n

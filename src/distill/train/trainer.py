@@ -34,7 +34,7 @@ from distill.features import TeacherOutput
 from distill.losses import LossBreakdown, LossConfig, distillation_loss
 from distill.models import Student, StudentConfig, read_stats
 from distill.models.quantize import code_histogram, usage_metrics
-from distill.optim import WarmupCosine, build_optimizer
+from distill.optim import WarmupCosine, build_optimizer, load_optimizer_state
 from distill.teachers import load_teacher
 from distill.train.adapter import ADAPTER_DIR, LoraAdapter
 from distill.train.calibrate import image_moments, pixel_scale, recalibrate
@@ -296,7 +296,7 @@ class Trainer:
             if checkpoint.ema_dir is None:
                 raise ValueError(f"training.ema_decay is set but {checkpoint.path} has no ema/ folder")
             load_student_weights(self.ema.module, checkpoint.ema_dir, "checkpoint EMA")
-        self.optimizer.load_state_dict(checkpoint.optimizer)
+        load_optimizer_state(self.optimizer, checkpoint.optimizer)
         if asdict(self.schedule) != state.schedule:
             log.warning(
                 "the lr schedule differs from the checkpoint's %s; the run will not repeat it", state.schedule

@@ -33,7 +33,7 @@ from distill.checkpoints import (
 from distill.data.latent_clips import LatentClips
 from distill.data.latents import read_code_table
 from distill.io import atomic_write_text
-from distill.optim import WarmupCosine, build_optimizer
+from distill.optim import WarmupCosine, build_optimizer, load_optimizer_state
 from distill.worldmodel.config import Target, WorldModelConfig
 from distill.worldmodel.model import LatentWorldModel, load_world_model, save_world_model
 
@@ -171,7 +171,7 @@ def _resume(
             "resume with the same --steps and --lr"
         )
     model.load_state_dict(saved.state_dict(), strict=True)
-    optimizer.load_state_dict(checkpoint.optimizer)
+    load_optimizer_state(optimizer, checkpoint.optimizer)
     rng.restore(checkpoint.rng[0])
     log_file = checkpoint.path / MODEL_DIR / LOG_FILE
     return [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
