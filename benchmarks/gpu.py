@@ -275,7 +275,6 @@ def train_row(
         times.append(time.perf_counter() - started)
     median = spread(times)["median"]
     achieved = flops / median / 1e12
-    profile = None if compiled else top_ops(lambda: step(images, targets), device)
     row = {
         "size": size,
         "compile": compiled,
@@ -290,16 +289,21 @@ def train_row(
         "mfu": None if peak is None else round(achieved / peak, 3),
         "peak_gpu_memory_gb": peak_memory_gb(device),
     }
-    if profile is not None:
-        row["top_ops"] = profile
+    if not compiled:
+        try:  # a profiler failure must not cost the row its timings
+            row["top_ops"] = top_ops(lambda: step(images, targets), device)
+        except Exception as exc:
+            row["top_ops"] = failure(exc)
     return row, flops
 
 
 def top_ops(
-    step: Callable[[], None], device: torch.device, steps: int = 2, top: int = 12
+    step: Callable[[], None], device: torch.device, on: str = "device", steps: int = 2, top: int = 12
 ) -> list[dict[str, Any]]:
-    """Where one step's device time goes: the operators with the most self time (on the GPU when
-    there is one), per step and as a share of the step's total, so a missed MFU target names its cause."""
+    """Where one step's time goes: the operators with the most self time on the GPU (``device``; the
+    CPU's when there is none) or on the host threads (``host``: what they wait in, such as a
+    synchronisation or an allocation), per step and as a share of the total, so a missed target
+    names its cause."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -307,8 +311,12 @@ def top_ops(
         for _ in range(steps):
             step()
         sync(device)
-    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    averages = [(getattr(event, attribute), event.key) for event in profiler.key_averages()]
+    on_gpu = on == "device" and device.type == "cuda"
+    attribute = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    # host-side events only: each kernel's time is then counted once, under the operator that launched
+    # it (the kernels' own events and the GPU-side copies of marked ranges would count it again)
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    averages = [(getattr(event, attribute), event.key) for event in events]
     total = sum(us for us, _ in averages) or 1.0
     ranked = sorted(averages, reverse=True)[:top]
     return [
@@ -355,6 +363,12 @@ def loader(dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: tor
         return go
 
     fed = paired_ratio(run(lambda: iter(memory)), run(lambda: stream), plan.repeats, device)
+
+    def fed_step() -> None:
+        batch = next(stream)
+        step(batch.images, batch.targets)
+
+    profiles = {on: top_ops(fed_step, device, on) for on in ("device", "host")}
     started = time.perf_counter()
     for batch in itertools.islice(stream, 2 * steps):
         batch.images.sum()
@@ -376,6 +390,8 @@ def loader(dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: tor
         "samples_per_s_per_worker_core": round(per_core, 1),
         "cores_to_feed_the_step": round(plan.train_batch / step_s / per_core, 1),
         "peak_gpu_memory_gb": peak_memory_gb(device),
+        "fed_step_top_device_ops": profiles["device"],
+        "fed_step_top_host_ops": profiles["host"],
     }
 
 

@@ -49,7 +49,7 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert "top_ops" not in rows[1] and 0 < len(ops) <= 12
     shares = [op["share"] for op in ops]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-3
-    assert any(op["op"] == "aten::mm" or op["op"] == "aten::addmm" for op in ops)
+    assert any(op["op"] in ("aten::mm", "aten::addmm") for op in ops)
 
     loader = result["loader"]
     assert loader["workers"] == plan["loader_workers"] and loader["global_batch"] == plan["train_batch"]
@@ -58,6 +58,9 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
     # training section's compiled one
     assert loader["step"].startswith(f"{plan['sizes'][0]}, uncompiled")
     assert 1 / loader["step_s"] == pytest.approx(loader["steps_per_s_memory"], rel=1e-3, abs=0.006)
+    for on in ("device", "host"):  # where the fed step's time goes, on the GPU and on the host threads
+        ops = loader[f"fed_step_top_{on}_ops"]
+        assert 0 < len(ops) <= 12 and all(op["ms_per_step"] >= 0 for op in ops)
     want = plan["train_batch"] / loader["step_s"] / loader["samples_per_s_per_worker_core"]
     assert loader["cores_to_feed_the_step"] == pytest.approx(want, rel=0.05, abs=0.05)
 

@@ -86,8 +86,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     resumed on a GPU from a checkpoint written on a CPU would silently lose fused AdamW (and keep its
     step counters on the CPU). The saved groups get this optimizer's ``fused`` and ``foreach`` first.
     """
-    groups = [
-        {**saved, "fused": now.get("fused"), "foreach": now.get("foreach")}
-        for saved, now in zip(state["param_groups"], optimizer.param_groups, strict=True)
-    ]
-    optimizer.load_state_dict({**state, "param_groups": groups})
+    saved = state["param_groups"]
+    if len(saved) == len(optimizer.param_groups):  # else torch's own error says what differs
+        saved = [
+            {**group, "fused": now.get("fused"), "foreach": now.get("foreach")}
+            for group, now in zip(saved, optimizer.param_groups, strict=True)
+        ]
+    optimizer.load_state_dict({**state, "param_groups": saved})

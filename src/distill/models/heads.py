@@ -29,7 +29,8 @@ def resample_grid(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     antialiased along a side that shrinks, so a teacher grid smaller than the student's averages
     neighbouring tokens instead of skipping some.
 
-    Two small matrix products, one per axis, rather than ``F.interpolate``: the same numbers, but the
+    Two small matrix products, one per axis, rather than ``F.interpolate``: the same numbers (in fp32;
+    under bf16 autocast they round like any bf16 product, within bf16 interpolate's error), but the
     backward pass is two more products, where interpolate's CUDA backward scatters every output
     gradient into its source cells with atomic adds, which serialise when a 14x14 grid feeds SAM's
     64x64 (each cell takes ~20 of them); and the grid stays channels-last, the layout of tokens,

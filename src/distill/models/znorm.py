@@ -49,7 +49,7 @@ class ZBatchNorm(nn.Module):
                 "z batch norm needs at least 2 samples per step across all ranks in training mode"
             )
         z32 = z.float()
-        count = _global_sum(torch.tensor([float(z.shape[0])], device=z.device))
+        count = _global_sum(z32.new_full((1,), float(z.shape[0])))  # filled there: no copy to wait on
         mean = _global_sum(z32.sum(0)) / count
         var = _global_sum((z32 - mean).square().sum(0)) / count
         with torch.no_grad():

@@ -434,7 +434,8 @@ def _run_tasks(
                 # once per batch and without waiting: each teacher moving the batch itself would copy
                 # it five times, each copy from pageable memory stalling the host until the GPU's queue
                 # drains, so the kernels of the next teacher start late
-                batch = decoded.to(device, non_blocking=True)
+                reads_images = any(name not in video for name in task.pending)
+                batch = decoded.to(device, non_blocking=True) if reads_images else decoded
                 if current is None or current.task is not task:
                     if current is not None:
                         report.written += [str(p) for p in current.finish()]
