@@ -202,10 +202,12 @@ def _teacher_terms(
         raise ValueError(
             f"teacher {name!r}: the student {has}; student and data were built for different teacher specs"
         )
-    target_patch = target.patch.to(pred.patch.device, non_blocking=True)
+    # float32 once for both terms (under bf16 autocast each .float() is a copy: 1 GB for SAM's grid at batch 256)
+    pred_patch = pred.patch.float()
+    target_patch = target.patch.to(pred.patch.device, non_blocking=True).float()
     terms = {
-        "patch_cos": cosine_distance(pred.patch, target_patch),
-        "patch_l1": F.smooth_l1_loss(pred.patch.float(), target_patch.float(), beta=beta),
+        "patch_cos": cosine_distance(pred_patch, target_patch),
+        "patch_l1": F.smooth_l1_loss(pred_patch, target_patch, beta=beta),
     }
     if pred.cls is not None and target.cls is not None:
         terms["cls_cos"] = cosine_distance(pred.cls, target.cls.to(pred.cls.device, non_blocking=True))
