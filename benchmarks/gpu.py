@@ -11,7 +11,7 @@
    runs it (bf16 autocast, SDPA attention, fused AdamW, loss checks, gradient clipping), with
    ``torch.compile`` off and on: step time, images/s, and MFU = counted FLOPs of forward + backward
    (torch's FlopCounterMode) / step time / the device's dense bf16 peak (``--peak-tflops`` when the
-   device is not in the table). Uncompiled rows also list the operators with the most device time.
+   device is not in the table). Uncompiled rows also list the operators with the most device and host time.
 3. Training loader with ``device=cuda`` (workers ship int8, the GPU dequantises and normalises)
    feeding the ``deit_small`` step, against the same batches already in GPU memory; the loader
    alone, in samples/s per worker core, and the cores that step needs. Every figure of this section
@@ -290,38 +290,42 @@ def train_row(
         "peak_gpu_memory_gb": peak_memory_gb(device),
     }
     if not compiled:
-        try:  # a profiler failure must not cost the row its timings
-            row["top_ops"] = top_ops(lambda: step(images, targets), device)
-        except Exception as exc:
-            row["top_ops"] = failure(exc)
+        row["top_ops"] = op_profile(lambda: step(images, targets), device)
     return row, flops
 
 
-def top_ops(
-    step: Callable[[], None], device: torch.device, on: str = "device", steps: int = 2, top: int = 12
-) -> list[dict[str, Any]]:
-    """Where one step's time goes: the operators with the most self time on the GPU (``device``; the
-    CPU's when there is none) or on the host threads (``host``: what they wait in, such as a
-    synchronisation or an allocation), per step and as a share of the total, so a missed target
-    names its cause."""
+def op_profile(step: Callable[[], None], device: torch.device, steps: int = 2) -> dict[str, Any]:
+    """Where ``steps`` runs of ``step`` spend their time, from one profile: the operators with the most
+    self time on the GPU (``device``; the CPU's when there is none) and on the host threads (``host``:
+    what they wait in, such as a synchronisation or an allocation), so a missed target names its
+    cause. A profiler failure is recorded instead: it must not cost a section its timings."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profiler:
-        for _ in range(steps):
-            step()
-        sync(device)
-    on_gpu = on == "device" and device.type == "cuda"
-    attribute = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-    # host-side events only: each kernel's time is then counted once, under the operator that launched
-    # it (the kernels' own events and the GPU-side copies of marked ranges would count it again)
-    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    try:
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(steps):
+                step()
+            sync(device)
+        # host-side events only: each kernel's time is then counted once, under the operator that
+        # launched it (the kernels' own events and the GPU-side copies of marked ranges would count it again)
+        events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    except Exception as exc:
+        return failure(exc)
+    on_device = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {
+        "device": top_ops(events, on_device, steps),
+        "host": top_ops(events, "self_cpu_time_total", steps),
+    }
+
+
+def top_ops(events: list[Any], attribute: str, steps: int, top: int = 12) -> list[dict[str, Any]]:
+    """The ``top`` events by ``attribute`` (microseconds), per step and as a share of all of them."""
     averages = [(getattr(event, attribute), event.key) for event in events]
     total = sum(us for us, _ in averages) or 1.0
-    ranked = sorted(averages, reverse=True)[:top]
     return [
         {"op": key, "ms_per_step": round(us / steps / 1e3, 3), "share": round(us / total, 4)}
-        for us, key in ranked
+        for us, key in sorted(averages, reverse=True)[:top]
     ]
 
 
@@ -368,7 +372,7 @@ def loader(dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: tor
         batch = next(stream)
         step(batch.images, batch.targets)
 
-    profiles = {on: top_ops(fed_step, device, on) for on in ("device", "host")}
+    profile = op_profile(fed_step, device)
     started = time.perf_counter()
     for batch in itertools.islice(stream, 2 * steps):
         batch.images.sum()
@@ -390,8 +394,7 @@ def loader(dataset: Path, specs: dict[str, TeacherSpec], plan: Plan, device: tor
         "samples_per_s_per_worker_core": round(per_core, 1),
         "cores_to_feed_the_step": round(plan.train_batch / step_s / per_core, 1),
         "peak_gpu_memory_gb": peak_memory_gb(device),
-        "fed_step_top_device_ops": profiles["device"],
-        "fed_step_top_host_ops": profiles["host"],
+        "fed_step_top_ops": profile,
     }
 
 

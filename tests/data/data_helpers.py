@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from data_bad_inputs import write_bad_inputs
 
+from distill.data.loader import LoaderConfig
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard
 from distill.distributed import DistContext
@@ -87,3 +88,11 @@ def frame_metadata(dataset: Path) -> list[dict]:
         for shard in info.shards:
             out += [json.loads(s.files["json"]) for s in iter_shard(dataset / "images" / shard.name)]
     return out
+
+
+def loader_config(built: Built, **overrides: object) -> LoaderConfig:
+    """The loader tests' configuration of the session dataset: 2 streams, global batch 4, seed 3."""
+    base = LoaderConfig(
+        built.dataset, FIVE, built.stats_dir, global_batch=4, num_streams=2, seed=3, shuffle_buffer=5
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]

@@ -17,23 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import FIVE, JOBS, Built
+from data_helpers import FIVE, JOBS, Built, loader_config
 
 from distill.data.dataset import Batch
-from distill.data.loader import LoaderConfig, eval_batches, train_batches
+from distill.data.loader import eval_batches, train_batches
 from distill.data.prefetch import prefetched
 from distill.distributed import DistContext
 from distill.preprocess.extract import ExtractConfig, run_extraction
 from distill.teachers import Teacher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (a GPU machine)")
-
-
-def _cfg(built: Built, **overrides: object) -> LoaderConfig:
-    base = LoaderConfig(
-        built.dataset, FIVE, built.stats_dir, global_batch=4, num_streams=2, seed=3, shuffle_buffer=5
-    )
-    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def _assert_matches(on_gpu: Batch, on_cpu: Batch) -> None:
@@ -58,7 +51,7 @@ def test_page_locked_slots_serve_the_cpu_batches(
     """Ten batches held at once reuse every slot twice over (prefetch_factor + 2 per worker): a slot
     handed back before its copies to the GPU were done would show a later batch's values here."""
     caplog.set_level(logging.WARNING)
-    cfg = _cfg(built, num_streams=streams, num_workers=workers)
+    cfg = loader_config(built, num_streams=streams, num_workers=workers)
     held = list(itertools.islice(train_batches(replace(cfg, device="cuda", device_prefetch=prefetch)), 10))
     torch.cuda.synchronize()
     assert "page-locked" not in caplog.text  # the registration worked: no fallback to pinned copies
@@ -68,7 +61,7 @@ def test_page_locked_slots_serve_the_cpu_batches(
 
 
 def test_eval_batches_on_cuda_match_the_cpu(built: Built) -> None:
-    cfg = _cfg(built, num_workers=2)
+    cfg = loader_config(built, num_workers=2)
     on_gpu = list(eval_batches(replace(cfg, device="cuda")))
     on_cpu = list(eval_batches(cfg))
     assert len(on_gpu) == len(on_cpu) > 0
@@ -102,9 +95,11 @@ def test_extraction_on_cuda_stores_what_the_cpu_stored(
     cfg = ExtractConfig(dataset_copy, JOBS, batch_size=4, precision="fp32", overwrite=True, progress=False)
     report = run_extraction(cfg, on_gpu, DistContext())
     assert report.samples > 0
-    ours = _cfg(built, dataset=dataset_copy, num_workers=0)
+    ours = loader_config(built, dataset=dataset_copy, num_workers=0)
     pairs = zip(
-        itertools.islice(train_batches(ours), 4), itertools.islice(train_batches(_cfg(built)), 4), strict=True
+        itertools.islice(train_batches(ours), 4),
+        itertools.islice(train_batches(loader_config(built)), 4),
+        strict=True,
     )
     for got, want in pairs:
         assert got.keys == want.keys and torch.equal(got.images, want.images)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from data_helpers import FIVE, Built
+from data_helpers import FIVE, Built, loader_config
 from PIL import Image
 
 from distill.data.codec import decode_sample, parse_sample
@@ -32,13 +32,6 @@ from distill.data.loader import (
 from distill.data.manifest import load_manifest
 from distill.data.shards import iter_shard, list_keys, split_member
 from distill.stats import FeatureStats
-
-
-def _cfg(built: Built, **overrides: object) -> LoaderConfig:
-    base = LoaderConfig(
-        built.dataset, FIVE, built.stats_dir, global_batch=4, num_streams=2, seed=3, shuffle_buffer=5
-    )
-    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def _take(cfg: LoaderConfig, n: int, rank: int = 0, world: int = 1, start: int = 0) -> list[Batch]:
@@ -62,15 +55,15 @@ def _assert_same(a: Batch, b: Batch) -> None:
 
 
 def test_one_rank_2b_equals_the_union_of_two_ranks_b(built: Built) -> None:
-    single = _take(_cfg(built), 20)
-    rank0, rank1 = _take(_cfg(built), 20, 0, 2), _take(_cfg(built), 20, 1, 2)
+    single = _take(loader_config(built), 20)
+    rank0, rank1 = _take(loader_config(built), 20, 0, 2), _take(loader_config(built), 20, 1, 2)
     for whole, a, b in zip(single, rank0, rank1, strict=True):
         assert len(whole) == 4 and len(a) == len(b) == 2
         _assert_same(whole, concat_batches([a, b]))
 
 
 def test_workers_and_ranks_serve_the_same_global_batches(built: Built) -> None:
-    cfg = _cfg(built, num_streams=4, global_batch=8)
+    cfg = loader_config(built, num_streams=4, global_batch=8)
     reference = _take(cfg, 9)
     with_workers = _take(replace(cfg, num_workers=2), 9)
     for a, b in zip(reference, with_workers, strict=True):
@@ -86,7 +79,7 @@ def test_workers_and_ranks_serve_the_same_global_batches(built: Built) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_start_batch_resumes_exactly(built: Built, workers: int) -> None:
-    cfg = _cfg(built, num_workers=workers)
+    cfg = loader_config(built, num_workers=workers)
     straight = _take(cfg, 16)
     for k in (1, 6, 9):  # 6 and 9 cross stream epoch boundaries (stream sizes 16 and 12, 2 per batch)
         for a, b in zip(straight[k:], _take(cfg, 16 - k, start=k), strict=True):
@@ -100,18 +93,18 @@ def test_each_stream_serves_each_of_its_keys_once_per_epoch(built: Built) -> Non
         for i in range(2)
     ]
     assert [len(k) for k in stream_keys] == [16, 12]
-    batches = _take(_cfg(built), 16)
+    batches = _take(loader_config(built), 16)
     assert sorted(k for b in batches[:8] for k in b.keys[:2]) == stream_keys[0]
     assert sorted(k for b in batches[:6] for k in b.keys[2:]) == stream_keys[1]
     assert (
         sorted(k for b in batches[6:12] for k in b.keys[2:]) == stream_keys[1]
     )  # the next epoch, reshuffled
     assert [k for b in batches[:6] for k in b.keys[2:]] != [k for b in batches[6:12] for k in b.keys[2:]]
-    assert [b.keys for b in _take(_cfg(built, seed=4), 6)] != [b.keys for b in batches[:6]]
+    assert [b.keys for b in _take(loader_config(built, seed=4), 6)] != [b.keys for b in batches[:6]]
 
 
 def test_targets_are_the_stored_features_normalised_with_the_stats(built: Built) -> None:
-    batch = _take(_cfg(built), 1)[0]
+    batch = _take(loader_config(built), 1)[0]
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (4, 3, 64, 64)
     specs = {name: record.target_spec for name, record in load_manifest(built.dataset).teachers.items()}
     raw: dict[str, dict[str, torch.Tensor]] = {n: {} for n in FIVE}
@@ -134,7 +127,7 @@ def test_targets_are_the_stored_features_normalised_with_the_stats(built: Built)
 
 
 def test_eval_serves_each_key_once_across_ranks(built: Built) -> None:
-    cfg = _cfg(built, eval_batch=4, num_workers=2)
+    cfg = loader_config(built, eval_batch=4, num_workers=2)
     val_keys = sorted(
         k
         for s in load_manifest(built.dataset).splits["val"].shards
@@ -152,27 +145,27 @@ def test_eval_serves_each_key_once_across_ranks(built: Built) -> None:
 
 def test_bad_geometry_is_refused_with_the_fix(built: Built, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiple of the world size"):
-        next(train_batches(_cfg(built, num_streams=3, global_batch=6), 0, 2))
+        next(train_batches(loader_config(built, num_streams=3, global_batch=6), 0, 2))
     with pytest.raises(ValueError, match="global_batch=5 must be a multiple of num_streams=2"):
-        next(train_batches(_cfg(built, global_batch=5)))
+        next(train_batches(loader_config(built, global_batch=5)))
     with pytest.raises(ValueError, match="num_workers=3 exceeds the 2 streams"):
-        next(train_batches(_cfg(built, num_workers=3)))
+        next(train_batches(loader_config(built, num_workers=3)))
     with pytest.raises(ValueError, match="fewer than num_streams=6"):
-        next(train_batches(_cfg(built, num_streams=6, global_batch=6)))
+        next(train_batches(loader_config(built, num_streams=6, global_batch=6)))
     # no stats_dir: the dataset's own feature_stats/ folder, which this dataset does not have
     with pytest.raises(FileNotFoundError, match=r"ds/feature_stats/\w+\.safetensors"):
-        next(train_batches(_cfg(built, stats_dir=None)))
-    assert next(train_batches(_cfg(built, teachers=(), stats_dir=None))).targets == {}
+        next(train_batches(loader_config(built, stats_dir=None)))
+    assert next(train_batches(loader_config(built, teachers=(), stats_dir=None))).targets == {}
 
 
 def test_finishing_on_a_device_serves_the_same_batches(built: Built) -> None:
     """device=...: workers ship the stored dtype and the loader dequantises + normalises there."""
-    reference = _take(_cfg(built, num_workers=2), 4)
-    for a, b in zip(reference, _take(_cfg(built, num_workers=2, device="cpu"), 4), strict=True):
+    reference = _take(loader_config(built, num_workers=2), 4)
+    for a, b in zip(reference, _take(loader_config(built, num_workers=2, device="cpu"), 4), strict=True):
         assert a.keys == b.keys and torch.equal(a.images, b.images)
         for name in FIVE:
             torch.testing.assert_close(a.targets[name].patch, b.targets[name].patch, rtol=0, atol=0)
-    evaluated = list(eval_batches(_cfg(built, device="cpu")))
+    evaluated = list(eval_batches(loader_config(built, device="cpu")))
     assert sum(len(b) for b in evaluated) == 8 and evaluated[0].targets["clip"].patch.dtype == torch.float32
 
 
@@ -205,7 +198,7 @@ def test_max_buffer_bytes_bounds_the_decoded_samples_held(
     image = 3 * 64 * 64
     features = 4 * 4 * 32 + 4 * 32 + 2 * 32  # clip int8 grid, scales, fp16 CLS (tiny teachers: 32 wide)
     assert per_sample > image + features
-    wide = _cfg(built, shuffle_buffer=1000)
+    wide = loader_config(built, shuffle_buffer=1000)
     tight = replace(wide, max_buffer_bytes=2 * 3 * per_sample + 1)
     assert stream_buffer(wide, view, 2) == 1000 and stream_buffer(tight, view, 2) == 3
     assert stream_buffer(replace(wide, max_buffer_bytes=1), view, 2) == 1  # never below one
@@ -270,13 +263,13 @@ def test_shared_slots_serve_exactly_the_batches_of_the_old_path(built: Built) ->
     parts share a slot, one after the other."""
     old_way = _old_way(built)
     for streams, workers in ((1, 1), (2, 2), (2, 1)):
-        held = _take(_cfg(built, num_streams=streams, num_workers=workers, device="cpu"), 10)
+        held = _take(loader_config(built, num_streams=streams, num_workers=workers, device="cpu"), 10)
         assert all(len(b) == 4 for b in held)
         for batch in held:
             _assert_same(batch, old_way(batch.keys))
         # the same batches as in-process (no workers, no slots) and as finished in the workers
-        in_process = _take(_cfg(built, num_streams=streams, device="cpu"), 10)
-        in_workers = _take(_cfg(built, num_streams=streams, num_workers=workers), 10)
+        in_process = _take(loader_config(built, num_streams=streams, device="cpu"), 10)
+        in_workers = _take(loader_config(built, num_streams=streams, num_workers=workers), 10)
         for a, b, c in zip(held, in_process, in_workers, strict=True):
             _assert_same(a, b)
             _assert_same(a, c)

@@ -4,13 +4,12 @@ validation's figures are those of the codes of every validation image."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from test_train_guards import in_process, small_run
-from train_helpers import TinyData
+from train_helpers import TinyData, metric_records
 
 from distill.data.dataset import Batch
 from distill.distributed import DistContext
@@ -81,7 +80,7 @@ def test_a_vq_run_logs_codebook_use_and_exports_its_codebook(
         )
     )
     run_dir = train(cfg, resolved)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run_dir)
     kinds = {record["kind"] for record in records if "codes/perplexity" in record}
     assert kinds == {"train", "val"}
     for record in records:

@@ -5,16 +5,14 @@ restores the CUDA generator. Run there with ``pytest tests/train/test_train_cuda
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from train_helpers import REFERENCE_TRAINING, TinyData, data_overrides, run_train
+from train_helpers import REFERENCE_TRAINING, TinyData, data_overrides, metric_records, run_train
 
 from distill.models import Student
 
@@ -24,11 +22,6 @@ DEVICE = "cuda"
 BATCH = 8  # one process: the reference run's global batch of 2 ranks x 4
 # bf16 autocast against the CPU's fp32: the same trajectory within bf16's rounding, compounded over 8 steps
 LOSS_REL = 0.05
-
-
-def _train_records(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def gpu_run(base: list[str]) -> Path:
 def test_a_gpu_run_follows_the_cpu_run(base: list[str], gpu_run: Path) -> None:
     cpu = run_train([*base, "run_name=cpu", "device=cpu"])
     assert cpu.returncode == 0, cpu.stderr[-4000:]
-    want, got = _train_records(gpu_run.parent / "cpu"), _train_records(gpu_run)
+    want, got = metric_records(gpu_run.parent / "cpu", "train"), metric_records(gpu_run, "train")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [2, 4, 6, 8]
     losses = [(round(w["loss"], 4), round(g["loss"], 4)) for w, g in zip(want, got, strict=True)]
     assert all(g == pytest.approx(w, rel=LOSS_REL) for w, g in losses), f"(cpu, gpu) losses {losses}"
@@ -78,6 +71,6 @@ def test_a_gpu_run_resumed_from_a_checkpoint_ends_where_it_ended(base: list[str]
     got = load_file(str(run_dir / "student" / "model.safetensors"))
     worst = max(float((want[k] - got[k]).abs().max()) for k in want)
     assert worst <= 1e-4, f"resumed weights differ by up to {worst}"
-    final_want, final_got = _train_records(gpu_run)[-1], _train_records(run_dir)[-1]
+    final_want, final_got = metric_records(gpu_run, "train")[-1], metric_records(run_dir, "train")[-1]
     assert final_got["step"] == final_want["step"] == 8
     assert final_got["loss"] == pytest.approx(final_want["loss"], rel=1e-4)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from train_helpers import ReferenceRun, TinyData, data_overrides, run_train
+from train_helpers import ReferenceRun, TinyData, data_overrides, metric_records, run_train
 
 from distill.models import Student
 from distill.stats import FeatureStats
@@ -43,7 +42,7 @@ def test_finetune_starts_from_the_checkpoint_on_a_domain_dataset(
 
     # Adam moves each weight by at most ~lr per step, so after 2 steps the finetuned weights are the
     # checkpoint's up to the summed lr; a fresh initialisation would be orders of magnitude away.
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run)
     budget = sum(r["lr"] for r in records if r["kind"] == "train") * 1.01
     assert budget < 1e-5
     start, tuned = (

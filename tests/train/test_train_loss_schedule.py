@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from test_train_guards import in_process, small_run
-from train_helpers import TinyData
+from train_helpers import TinyData, metric_records
 
 from distill.train.trainer import train
 
@@ -30,7 +29,7 @@ def test_the_assignment_weight_fades_step_by_step(tiny_data: TinyData, tmp_path:
         )
     )
     run_dir = train(cfg, resolved)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metric_records(run_dir)
     steps = {record["step"]: record for record in records if record["kind"] == "train"}
     assert sorted(steps) == [1, 2, 3]
     for step, weight in ((1, 0.1), (2, 0.1 * 2 / 3), (3, 0.1 / 3)):

@@ -7,7 +7,6 @@ seed is printed and named in every failure, so a failing draw can be rerun exact
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from train_helpers import REFERENCE_BATCH, REPO, ReferenceRun, command, run_train, train_env
+from train_helpers import REFERENCE_BATCH, REPO, ReferenceRun, command, metric_records, run_train, train_env
 
 from distill.checkpoints import latest_checkpoint
 
@@ -48,11 +47,6 @@ def kill_tree(proc: subprocess.Popen[str]) -> None:
         with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
-
-
-def train_records(run_dir: Path) -> list[dict[str, float]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run: ReferenceRun) -> None:
@@ -99,7 +93,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run: Refere
         worst = max(float((want[k] - got[k]).abs().max()) for k in want)
         assert worst <= 1e-6, f"{folder} differs by {worst} {context}"
     # metrics.jsonl describes one trajectory: redone steps replaced, not duplicated
-    want_records, got_records = train_records(reference), train_records(run_dir)
+    want_records, got_records = metric_records(reference, "train"), metric_records(run_dir, "train")
     assert [r["step"] for r in got_records] == [r["step"] for r in want_records] == [2, 4, 6, 8], context
     for want_record, got_record in zip(want_records, got_records, strict=True):
         assert abs(want_record["loss"] - got_record["loss"]) < 1e-5, context

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from train_helpers import REFERENCE_BATCH, REPO, SCRIPT, ReferenceRun, run_train, train_env
+from train_helpers import REFERENCE_BATCH, REPO, SCRIPT, ReferenceRun, metric_records, run_train, train_env
 
 from distill.models import Student
 from distill.stats import FeatureStats
 
 
-def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
 def test_two_ranks_learn_and_save_a_loadable_student(reference_run: ReferenceRun) -> None:
     run = reference_run.run_dir
-    train = records(run, "train")
+    train = metric_records(run, "train")
     assert [r["step"] for r in train] == [2, 4, 6, 8]
     assert train[-1]["loss"] < 0.9 * train[0]["loss"], [r["loss"] for r in train]
     for r in train:
@@ -34,7 +27,7 @@ def test_two_ranks_learn_and_save_a_loadable_student(reference_run: ReferenceRun
             sum(r[f"{t}/total"] for t in ("clip", "dinov2", "mae", "pixels")), rel=1e-5
         )
         assert r["samples_per_s"] > 0 and r["lr"] > 0
-    val = records(run, "val")
+    val = metric_records(run, "val")
     assert [r["step"] for r in val] == [4, 8]
     assert val[-1]["dinov2/cos"] > val[0]["dinov2/cos"]
     assert val[-1]["loss"] < val[0]["loss"]
@@ -77,7 +70,7 @@ def _assert_same_training(reference: Path, other: Path, what: str) -> None:
     assert want_weights.keys() == got_weights.keys()
     worst = max(float((want_weights[k] - got_weights[k]).abs().max()) for k in want_weights)
     assert worst < WEIGHT_TOLERANCE, f"{what}: parameters differ by up to {worst}"
-    want, got = records(reference, "train"), records(other, "train")
+    want, got = metric_records(reference, "train"), metric_records(other, "train")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [2, 4, 6, 8]
     for w, g in zip(want, got, strict=True):
         assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-3), (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +122,9 @@ def reference_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory)
     result = run_train([*overrides, "run_name=reference", f"training.batch_size={REFERENCE_BATCH}"], nproc=2)
     assert result.returncode == 0, result.stderr[-4000:]
     return ReferenceRun(output / "reference", overrides, result)
+
+
+def metric_records(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records, only those of ``kind`` ("train", "val") when given."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if kind is None or r["kind"] == kind]

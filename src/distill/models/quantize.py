@@ -30,7 +30,7 @@ from torch import nn
 from distill.codes import CodeLayout
 from distill.models.config import StudentConfig
 from distill.models.keypoints import coordinate_level, level_value
-from distill.models.znorm import _global_sum
+from distill.models.znorm import _global_sum, _world_size
 
 VQ_DECAY = 0.95  # EMA of the codebook statistics: ~20 steps, so short runs track a moving encoder
 # A code whose EMA share of the assignments falls below this fraction of the uniform share 1/K
@@ -216,7 +216,7 @@ class VectorQuantizer(Quantizer):
         picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
         group = dead.nonzero()[:, 0]
         fresh = x[picks, group]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _world_size() > 1:
             dist.broadcast(fresh, src=0)
         counts = uniform.expand_as(self.counts)[dead]
         self.codebook[dead] = fresh
