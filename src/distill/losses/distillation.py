@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from distill.features import TeacherOutput
 from distill.losses.cosine import cosine_distance
+from distill.losses.patch import patch_terms
 from distill.losses.pixel import pixel_mse
 
 if TYPE_CHECKING:
@@ -202,13 +202,8 @@ def _teacher_terms(
         raise ValueError(
             f"teacher {name!r}: the student {has}; student and data were built for different teacher specs"
         )
-    # float32 once for both terms (under bf16 autocast each .float() is a copy: 1 GB for SAM's grid at batch 256)
-    pred_patch = pred.patch.float()
-    target_patch = target.patch.to(pred.patch.device, non_blocking=True).float()
-    terms = {
-        "patch_cos": cosine_distance(pred_patch, target_patch),
-        "patch_l1": F.smooth_l1_loss(pred_patch, target_patch, beta=beta),
-    }
+    patch_cos, patch_l1 = patch_terms(pred.patch, target.patch.to(pred.patch.device, non_blocking=True), beta)
+    terms = {"patch_cos": patch_cos, "patch_l1": patch_l1}
     if pred.cls is not None and target.cls is not None:
         terms["cls_cos"] = cosine_distance(pred.cls, target.cls.to(pred.cls.device, non_blocking=True))
     return terms

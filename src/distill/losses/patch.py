@@ -1,0 +1,82 @@
+"""The two patch terms of one teacher, per-token cosine distance and per-element smooth L1, with a
+hand-derived gradient.
+
+Written as autograd composes them, the terms take about thirty passes over the patch grid between
+forward and backward (a float32 copy of the prediction, products, norms, clamps, and the backward of
+each), and every pass is memory-bound: at batch 256 the five real teachers' grids hold 556 M values,
+SAM's 64x64 alone 268 M. Here the forward reads prediction and target in four reductions and the
+backward builds the gradient in four elementwise passes, without a float32 copy of the prediction
+(nor one kept for the backward): 72 bytes moved per value in eager mode where autograd's
+composition moves 180 (bf16 prediction, float32 target).
+
+The values are those of ``1 - F.cosine_similarity(pred, target, dim=-1, eps).mean()`` and
+``F.smooth_l1_loss(pred, target, beta)``, computed in float32 (float64 for float64 inputs) whatever
+the prediction's dtype; so is the gradient, which is the values' derivative everywhere (for a
+prediction shorter than ``eps``, F.cosine_similarity's own backward is not: it clamps without grad).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+def patch_terms(
+    pred: torch.Tensor, target: torch.Tensor, beta: float, eps: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean per-token cosine distance, mean per-element smooth L1) of ``pred`` against ``target``,
+    both [..., C] with channels last; float32 scalars (float64 for float64 inputs). The target gets
+    no gradient: it is a teacher's."""
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"patch_terms: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+        )
+    if target.requires_grad:
+        raise ValueError("patch_terms: the target requires grad, but teacher features are fixed targets")
+    if not beta > 0:
+        raise ValueError(f"patch_terms: smooth L1 beta must be > 0, got {beta}")
+    cosine, smooth_l1 = _PatchTerms.apply(pred, target, beta, eps)
+    return cosine, smooth_l1
+
+
+class _PatchTerms(torch.autograd.Function):
+    """Forward: per-token dot product and both norms, and the smooth L1 sum. Backward, with the
+    incoming scalar gradients ``g_cos`` and ``g_l1`` folded into per-token coefficients::
+
+        d/dp = a * t + b * p + g_l1 / (beta * N) * clamp(p - t, -beta, beta)
+        a = -g_cos / (T * |p|' * |t|'),  b = g_cos * cos / (T * |p|^2)  (0 where |p| <= eps)
+
+    with |x|' = max(|x|, eps) (F.cosine_similarity clamps each norm), T tokens and N elements."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, pred: torch.Tensor, target: torch.Tensor, beta: float, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        exact = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+        target = target.to(exact)  # a copy only for a low-precision target: the products below are then exact
+        pred_norm = torch.linalg.vector_norm(pred, dim=-1, dtype=exact)
+        target_norm = torch.linalg.vector_norm(target, dim=-1)
+        inverse_pred = pred_norm.clamp_min(eps).reciprocal()
+        inverse_both = inverse_pred * target_norm.clamp_min(eps).reciprocal()
+        cosine = (pred * target).sum(-1) * inverse_both
+        smooth_l1 = F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+        ctx.save_for_backward(pred, target, cosine, inverse_pred, inverse_both, pred_norm > eps)
+        ctx.beta = beta
+        return 1.0 - cosine.mean(), smooth_l1 / pred.numel()
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_cosine: torch.Tensor, grad_l1: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        pred, target, cosine, inverse_pred, inverse_both, pred_long = ctx.saved_tensors
+        tokens = cosine.numel()
+        to_target = (-grad_cosine / tokens * inverse_both).unsqueeze(-1)
+        to_pred = (grad_cosine / tokens * cosine * inverse_pred.square() * pred_long).unsqueeze(-1)
+        grad = torch.sub(pred, target).clamp_(-ctx.beta, ctx.beta).mul_(grad_l1 / (ctx.beta * pred.numel()))
+        grad.addcmul_(target, to_target)
+        # the last pass computes in float32 and writes the prediction's dtype: no separate cast
+        return torch.addcmul(grad, pred, to_pred, out=torch.empty_like(pred)), None, None, None
