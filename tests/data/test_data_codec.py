@@ -180,7 +180,8 @@ def test_outlier_tokens_blob_and_both_decoding_paths() -> None:
     from safetensors.torch import load
 
     from distill.data.codec import parse_sample
-    from distill.data.dataset import PackedTargets
+    from distill.data.dataset import Normalization, PackedTargets
+    from distill.features import TeacherOutput
     from distill.stats import FeatureStats
 
     x = _planted(50.0, samples=3)[:, :4, :4, :8].contiguous()
@@ -205,8 +206,15 @@ def test_outlier_tokens_blob_and_both_decoding_paths() -> None:
         torch.stack([s.outlier_patch for s in stored]),  # type: ignore[misc]
     )
     each = torch.stack([s.dequantize().patch for s in stored])
-    torch.testing.assert_close(packed.finish(None).patch, each)
-    torch.testing.assert_close(packed.finish(stats).patch, (each - stats.patch_mean) / stats.patch_std)
+
+    def finished(norm: Normalization | None) -> torch.Tensor:
+        out = TeacherOutput(torch.full((3, 4, 4, 8), torch.nan), None)
+        packed.finish(norm, out)
+        return out.patch
+
+    torch.testing.assert_close(finished(None), each)
+    norm = Normalization.of(stats, torch.device("cpu"))
+    torch.testing.assert_close(finished(norm), (each - stats.patch_mean) / stats.patch_std)
     with pytest.raises(ValueError, match="outlier tokens apply to int8 storage"):
         encode_batch(["a"], "dinov2", x[:1], None, "fp16", 2)
     with pytest.raises(ValueError, match=r"outlier_tokens=16 must be in \[0, 16\)"):

@@ -311,3 +311,27 @@ def test_too_little_shared_memory_is_refused_before_a_worker_dies_of_it(tmp_path
     ):
         check_shared_memory(free + 2**40, tmp_path)
     check_shared_memory(2**60, tmp_path / "absent")  # no such folder: not a tmpfs platform, nothing to check
+
+
+def test_parts_finish_into_their_rows_of_one_batch(built: Built) -> None:
+    """A batch's per-stream parts are dequantised straight into their rows: the same values as each
+    part finished alone and concatenated, in new tensors (none over a part's reusable buffer)."""
+    from distill.data.dataset import PackedBatch, finish_parts
+    from distill.data.join import iter_joined
+
+    view = open_view(built.dataset, "train", FIVE, built.stats_dir)
+    samples = [view.decode(s) for s in iter_joined(view.path, view.shards[0].name, FIVE, writable=True)][:5]
+    parts = [view.pack(samples[:3]), view.pack(samples[3:4]), view.pack(samples[4:])]
+    whole = finish_parts(parts, view.stats, "cpu")
+    _assert_same(whole, concat_batches([part.finish(view.stats) for part in parts]))
+    _assert_same(whole, view.collate(samples))
+    owned = [t.data_ptr() for part in parts for t in part.tensors() if t is not None]
+    assert whole.images.data_ptr() not in owned and all(
+        out.patch.data_ptr() not in owned for out in whole.targets.values()
+    )
+    shorter = {
+        **parts[1].targets,
+        "sam": replace(parts[1].targets["sam"], patch=parts[1].targets["sam"].patch[:, :1]),
+    }
+    with pytest.raises(ValueError, match=r"batch parts disagree: keys \['.+'\]\.\.\. \(1 images, 1 keys\)"):
+        finish_parts([parts[0], PackedBatch(parts[1].keys, parts[1].images, shorter)], view.stats, "cpu")

@@ -105,29 +105,109 @@ class PackedTargets:
             pin(self.outlier_patch),
         )
 
-    def finish(self, stats: FeatureStats | None) -> TeacherOutput:
-        """float32 ``(q * scale - mean) / std`` computed as ``q * (scale / std) + (-mean / std)``."""
-        x = self.patch.float()
+    def finish(self, norm: Normalization | None, out: TeacherOutput) -> None:
+        """float32 ``(q * scale - mean) / std`` into ``out`` (rows of a batch on this part's device),
+        computed as ``q * (scale / std) + (-mean / std)`` in one pass that reads the stored dtype."""
         factor = None if self.scale is None else self.scale[:, None, None, :]
-        if stats is not None:
-            inv = 1.0 / stats.patch_std.to(x)
-            bias = -stats.patch_mean.to(x) * inv
-            patch = torch.addcmul(bias, x, inv if factor is None else factor * inv)
+        if norm is not None:
+            scale = norm.patch_scale if factor is None else factor * norm.patch_scale
+            torch.addcmul(norm.patch_shift, self.patch, scale, out=out.patch)
+        elif factor is not None:
+            torch.mul(self.patch, factor, out=out.patch)
         else:
-            patch = x if factor is None else x.mul_(factor)
+            out.patch.copy_(self.patch)
         if self.outlier_index is not None and self.outlier_patch is not None:
             rows = self.outlier_patch.float()
-            if stats is not None:
-                rows = (rows - stats.patch_mean.to(rows)) / stats.patch_std.to(rows)
-            flat = patch.view(patch.shape[0], -1, patch.shape[-1])
+            if norm is not None:
+                rows = torch.addcmul(norm.patch_shift, rows, norm.patch_scale)
+            flat = out.patch.view(out.patch.shape[0], -1, out.patch.shape[-1])
             flat.scatter_(1, self.outlier_index[:, :, None].expand(-1, -1, flat.shape[-1]), rows)
-        cls = None
-        if self.cls is not None:
-            cls = self.cls.float()
-            if stats is not None:
-                assert stats.cls_mean is not None and stats.cls_std is not None
-                cls = (cls - stats.cls_mean.to(cls)) / stats.cls_std.to(cls)
-        return TeacherOutput(patch, cls)
+        if self.cls is None or out.cls is None:
+            return
+        if norm is None:
+            out.cls.copy_(self.cls)
+        elif norm.cls_scale is None or norm.cls_shift is None:
+            raise ValueError("these features have a CLS but their stats have no CLS statistics")
+        else:
+            torch.addcmul(norm.cls_shift, self.cls, norm.cls_scale, out=out.cls)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """One teacher's stats as the affine map finishing applies, ``x * scale + shift``, on one device
+    (made once per batch: each stats tensor copied to a GPU per part would stall on the copy)."""
+
+    patch_scale: torch.Tensor  # [C] 1 / std
+    patch_shift: torch.Tensor  # [C] -mean / std
+    cls_scale: torch.Tensor | None
+    cls_shift: torch.Tensor | None
+
+    @classmethod
+    def of(cls, stats: FeatureStats, device: torch.device) -> Normalization:
+        def affine(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scale = 1.0 / std.to(device, torch.float32)
+            return scale, -mean.to(device, torch.float32) * scale
+
+        patch_scale, patch_shift = affine(stats.patch_mean, stats.patch_std)
+        if stats.cls_mean is None or stats.cls_std is None:
+            return cls(patch_scale, patch_shift, None, None)
+        return cls(patch_scale, patch_shift, *affine(stats.cls_mean, stats.cls_std))
+
+
+def finish_parts(
+    parts: Sequence[PackedBatch], stats: Mapping[str, FeatureStats], device: torch.device | str
+) -> Batch:
+    """The parts (a batch's per-stream shares) as one batch on ``device``, dequantised and normalised.
+
+    Every tensor is new (none is a view of a part's buffer, which a loader slot reuses): each part is
+    copied to the device in its stored dtype and finished straight into its rows of the batch, so no
+    per-part float32 tensors are made and then concatenated (for int8, 5 bytes moved per value on a
+    GPU instead of 21).
+    """
+    if not parts:
+        raise ValueError("finish_parts: no parts to finish")
+    device, first = torch.device(device), parts[0]
+    for part in parts:
+        _check_same_layout(first, part)
+    size = sum(len(part.keys) for part in parts)
+    images = torch.empty((size, *first.images.shape[1:]), dtype=first.images.dtype, device=device)
+    targets = {
+        name: TeacherOutput(
+            torch.empty((size, *packed.patch.shape[1:]), dtype=torch.float32, device=device),
+            None
+            if packed.cls is None
+            else torch.empty((size, *packed.cls.shape[1:]), dtype=torch.float32, device=device),
+        )
+        for name, packed in first.targets.items()
+    }
+    norms = {name: Normalization.of(stats[name], device) if name in stats else None for name in targets}
+    start = 0
+    for part in parts:
+        rows = slice(start, start + len(part.keys))
+        images[rows].copy_(part.images, non_blocking=True)
+        for name, packed in part.targets.items():
+            out = targets[name]
+            packed.to(device, non_blocking=True).finish(
+                norms[name], TeacherOutput(out.patch[rows], None if out.cls is None else out.cls[rows])
+            )
+        start = rows.stop
+    return Batch([key for part in parts for key in part.keys], images, targets)
+
+
+def _check_same_layout(first: PackedBatch, part: PackedBatch) -> None:
+    """Parts of one batch must agree on everything but their sample count (else rows would misalign)."""
+
+    def shapes(batch: PackedBatch) -> list[str]:
+        named: list[tuple[str, torch.Tensor | None]] = [("images", batch.images)]
+        for name, packed in batch.targets.items():
+            named += [(f"{name}.patch", packed.patch), (f"{name}.cls", packed.cls)]
+        return [f"{label} {'-' if t is None else f'{list(t.shape[1:])} {t.dtype}'}" for label, t in named]
+
+    if len(part.images) != len(part.keys) or shapes(part) != shapes(first):
+        raise ValueError(
+            f"batch parts disagree: keys {part.keys[:2]}... ({len(part.images)} images, {len(part.keys)} keys) "
+            f"have {shapes(part)}, keys {first.keys[:2]}... have {shapes(first)}"
+        )
 
 
 PACK_ALIGN = 64  # byte alignment of each tensor in a packed batch's buffer
@@ -218,12 +298,9 @@ class PackedBatch:
             self.keys, self.images.pin_memory(), {n: t.pin_memory() for n, t in self.targets.items()}
         )
 
-    def finish(self, stats: dict[str, FeatureStats], device: torch.device | str | None = None) -> Batch:
-        """Move to ``device`` (when given) and dequantise + normalise there."""
-        if device is None:
-            return Batch(self.keys, self.images, {n: t.finish(stats.get(n)) for n, t in self.targets.items()})
-        targets = {n: t.to(device, non_blocking=True).finish(stats.get(n)) for n, t in self.targets.items()}
-        return Batch(self.keys, self.images.to(device, non_blocking=True), targets)
+    def finish(self, stats: Mapping[str, FeatureStats], device: torch.device | str | None = None) -> Batch:
+        """Dequantised and normalised on ``device`` (default: where it lies), in new tensors."""
+        return finish_parts([self], stats, self.images.device if device is None else device)
 
 
 def _stack_into(rows: list[torch.Tensor], out: torch.Tensor) -> None:

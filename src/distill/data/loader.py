@@ -56,13 +56,13 @@ from distill.data.dataset import (
     PackedBatch,
     PackedLayout,
     concat_batches,
+    finish_parts,
     open_view,
 )
 from distill.data.join import iter_joined
 from distill.data.manifest import ShardInfo
 from distill.data.prefetch import prefetched
 from distill.data.streams import StreamPlan, deal_streams, stream_items
-from distill.features import TeacherOutput
 from distill.lifeline import die_with_launcher
 from distill.stats import FeatureStats
 
@@ -389,13 +389,26 @@ def _finish(part: Batch | PackedBatch, view: DatasetView, cfg: LoaderConfig) -> 
     return part.finish(view.stats, cfg.device) if isinstance(part, PackedBatch) else part
 
 
-def _open_chunks(
-    chunks: list[_Chunk], pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig
-) -> list[list[Batch]]:
-    """Each chunk's parts finished; the pool slots they came in go back to their workers once nothing
-    served still points into them (page-locked slots: after one wait for all the batch's copies)."""
+def _assemble(
+    chunks: list[_Chunk], order: dict[int, int], pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig
+) -> Batch:
+    """One batch from its workers' chunks, the streams' parts in plan order: concatenated when the
+    workers finished them, else finished on ``cfg.device`` into new tensors. The pool slots the chunks
+    came in go back to their workers once nothing reads them (page-locked slots: after one wait for
+    all the batch's copies out of them)."""
     try:
-        return [_open_chunk(chunk, pool, view, cfg) for chunk in chunks]
+        parts: list[Batch | PackedBatch | None] = [None] * len(order)
+        for chunk in chunks:
+            for stream, part in zip(chunk.streams, _parts(chunk, pool, cfg), strict=True):
+                parts[order[stream]] = part
+        batches = [part for part in parts if isinstance(part, Batch)]
+        packed = [part for part in parts if isinstance(part, PackedBatch)]
+        if len(batches) + len(packed) != len(parts) or (batches and packed):
+            raise RuntimeError(
+                f"batch {chunks[0].batch_index}: {parts.count(None)} stream part(s) missing, "
+                f"{len(batches)} finished and {len(packed)} packed"
+            )
+        return concat_batches(batches) if batches else finish_parts(packed, view.stats, cfg.device or "cpu")
     finally:
         held = [(chunk.worker, chunk.slot) for chunk in chunks if chunk.slot is not None]
         if pool is not None and held:
@@ -405,32 +418,17 @@ def _open_chunks(
                 pool.give_back(worker, slot)
 
 
-def _open_chunk(chunk: _Chunk, pool: _SlotPool | None, view: DatasetView, cfg: LoaderConfig) -> list[Batch]:
-    """The chunk's parts finished (a CPU tensor still lying in its slot is copied out)."""
+def _parts(chunk: _Chunk, pool: _SlotPool | None, cfg: LoaderConfig) -> list[Batch | PackedBatch]:
+    """The chunk's per-stream parts; from a pool slot, packed views over the slot's bytes."""
     if chunk.slot is None or chunk.layouts is None:
-        return [_finish(part, view, cfg) for part in chunk.parts]
+        return chunk.parts
     if pool is None:
         raise RuntimeError("a loader chunk in a shared slot arrived without its pool")
     buffer = pool.buffers[chunk.worker][chunk.slot]
     packed = [layout.open(buffer) for layout in chunk.layouts]
     if cfg.pin_memory and not pool.locked:
-        packed = [part.pin_memory() for part in packed]
-    return [_detached(_finish(part, view, cfg), buffer) for part in packed]
-
-
-def _detached(batch: Batch, buffer: torch.Tensor) -> Batch:
-    """``batch`` with every tensor that still lies in ``buffer`` (a slot about to be reused) copied out
-    (images finished on the CPU: ``.to("cpu")`` returns the same tensor)."""
-    start, stop = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
-
-    def own(t: torch.Tensor) -> torch.Tensor:
-        return t.clone() if t.device.type == "cpu" and start <= t.data_ptr() < stop else t
-
-    targets = {
-        name: TeacherOutput(own(out.patch), None if out.cls is None else own(out.cls))
-        for name, out in batch.targets.items()
-    }
-    return Batch(batch.keys, own(batch.images), targets)
+        return [part.pin_memory() for part in packed]
+    return list(packed)
 
 
 class _EvalShards(IterableDataset[Batch | PackedBatch]):
@@ -555,13 +553,7 @@ def train_batches(
                     raise RuntimeError(
                         f"loader chunk for batch {chunk.batch_index} arrived while assembling batch {k}"
                     )
-            parts: list[Batch | None] = [None] * len(mine)
-            for chunk, finished in zip(got, _open_chunks(got, pool, view, cfg), strict=True):
-                for stream, part in zip(chunk.streams, finished, strict=True):
-                    parts[order[stream]] = part
-            if any(part is None for part in parts):
-                raise RuntimeError(f"batch {k}: a stream's part is missing")
-            yield concat_batches([part for part in parts if part is not None])
+            yield _assemble(got, order, pool, view, cfg)
 
     try:
         if device is None or cfg.device_prefetch == 0:
