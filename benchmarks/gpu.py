@@ -10,8 +10,10 @@
 2. Training step of ``deit_small`` and ``deit_base`` with the five real-size heads, as the trainer
    runs it (bf16 autocast, SDPA attention, fused AdamW, loss checks, gradient clipping), with
    ``torch.compile`` off and on: step time, images/s, and MFU = counted FLOPs of forward + backward
-   (torch's FlopCounterMode) / step time / the device's dense bf16 peak (``--peak-tflops`` when the
-   device is not in the table). Uncompiled rows also list the operators with the most device and host time.
+   (torch's formulas, counted by benchmarks/roofline.py) / step time / the device's dense bf16 peak;
+   the step over its eager floor (the sum over its operators of max(FLOPs / peak, bytes / bandwidth):
+   how far the kernels are from the device's limits). ``--peak-tflops`` and ``--bandwidth-tbs`` when
+   the device is not in the table. Uncompiled rows also list the operators with the most device and host time.
 3. Training loader with ``device=cuda`` (workers ship int8, the GPU dequantises and normalises)
    feeding the ``deit_small`` step, against the same batches already in GPU memory; the loader
    alone, in samples/s per worker core, and the cores that step needs. Every figure of this section
@@ -35,7 +37,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from common import FIVE, base_parser, machine, paired_ratio, spread, synthetic_dataset, write_result
 from distill.data.dataset import Batch
@@ -52,26 +53,8 @@ from distill.train.precision import autocast_factory
 from distill.train.trainer import check_finite, check_gradients
 from extraction import measure
 from real_teachers import build_teachers
+from roofline import count_step, device_figures, summary
 
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched in order
-# against torch.cuda.get_device_name.
-PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("GB200",), 2500.0),
-    (("B200",), 2250.0),
-    (("H200", "NVL"), 835.5),
-    (("H200",), 989.4),
-    (("H100", "PCIe"), 756.0),
-    (("H100", "NVL"), 835.0),
-    (("H100",), 989.4),
-    (("H800",), 989.4),
-    (("GH200",), 989.4),
-    (("A100",), 312.0),
-    (("A800",), 312.0),
-    (("L40S",), 362.1),
-    (("L40",), 181.0),
-    (("L4",), 121.0),
-    (("A10",), 125.0),
-)
 FIDELITY_IMAGES = 4  # images of the bf16-vs-fp32 comparison (every token of each is compared)
 
 
@@ -104,13 +87,15 @@ def make_plan(smoke: bool, weights: bool) -> Plan:
     )  # fmt: skip
 
 
-def peak_tflops(device: torch.device, override: float | None) -> float | None:
-    if override is not None:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for keys, peak in PEAK_BF16_TFLOPS if all(k in name for k in keys)), None)
+def device_limits(
+    device: torch.device, peak_override: float | None, bandwidth_override: float | None
+) -> tuple[float | None, float | None]:
+    """(dense bf16 peak TFLOP/s, memory bandwidth TB/s): the overrides, else the table's for the device."""
+    known = device_figures(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    peak, bandwidth = known if known is not None else (None, None)
+    return (peak if peak_override is None else peak_override), (
+        bandwidth if bandwidth_override is None else bandwidth_override
+    )
 
 
 def reset_memory(device: torch.device) -> None:
@@ -170,6 +155,7 @@ def extraction(
 
 
 Step = Callable[[torch.Tensor, dict[str, TeacherOutput]], None]
+Limits = tuple[float | None, float | None]  # (peak bf16 TFLOP/s, bandwidth TB/s), None: not known
 
 
 def make_step(student: Student, model: nn.Module, device: torch.device) -> Step:
@@ -216,25 +202,43 @@ def random_inputs(
     return images.to(device), targets
 
 
-def step_flops(step: Step, images: torch.Tensor, targets: dict[str, TeacherOutput]) -> float:
-    """Counted FLOPs of one step (forward + loss + backward; the optimiser's are negligible)."""
-    with FlopCounterMode(display=False) as counter:
-        step(images, targets)
-    return float(counter.get_total_flops())
+@dataclass(frozen=True)
+class Counted:
+    """One size's step as counted by roofline.count_step: FLOPs, and the eager floor on this device."""
+
+    flops: float
+    floor_ms: float | None
+
+
+def count(
+    student: Student, images: torch.Tensor, targets: dict[str, TeacherOutput], limits: Limits
+) -> Counted:
+    """Counted FLOPs of forward + loss + backward (the optimiser's are negligible) and, with the device's
+    peak and bandwidth known, the eager floor (benchmarks/roofline.py): the measured step over it says
+    how far the kernels are from the device's limits."""
+    ops = count_step(student, images, targets)
+    flops = sum(op.flops for op in ops)
+    peak, bandwidth = limits
+    if peak is None or bandwidth is None:
+        return Counted(flops, None)
+    parameters = sum(p.numel() for p in student.parameters())
+    return Counted(flops, summary(ops, parameters, peak, bandwidth)["floor_ms"])
 
 
 def training(
-    specs: dict[str, TeacherSpec], plan: Plan, device: torch.device, peak: float | None
+    specs: dict[str, TeacherSpec], plan: Plan, device: torch.device, limits: Limits
 ) -> list[dict[str, Any]]:
     """One row per size and compile setting; a row that fails (say, a compiler error) records it."""
     images, targets = random_inputs(specs, plan.train_batch, plan.canonical_size, device)
     out = []
     for size in plan.sizes:
-        flops = None  # counted once per size, on the uncompiled student
+        counted = None  # once per size, on the uncompiled student
         for compiled in (False, True):
             reset_memory(device)
             try:
-                row, flops = train_row(size, compiled, specs, plan, device, peak, images, targets, flops)
+                row, counted = train_row(
+                    size, compiled, specs, plan, device, limits, images, targets, counted
+                )
                 out.append(row)
             except Exception as exc:
                 out.append({"size": size, "compile": compiled, **failure(exc)})
@@ -248,19 +252,19 @@ def train_row(
     specs: dict[str, TeacherSpec],
     plan: Plan,
     device: torch.device,
-    peak: float | None,
+    limits: Limits,
     images: torch.Tensor,
     targets: dict[str, TeacherOutput],
-    flops: float | None,
-) -> tuple[dict[str, Any], float]:
-    """The row of one size and compile setting, and the step's counted FLOPs (``flops`` when given)."""
+    counted: Counted | None,
+) -> tuple[dict[str, Any], Counted]:
+    """The row of one size and compile setting, and the step's counts (``counted`` when given)."""
     student = build_student(size, specs, plan.canonical_size, device)
     model: nn.Module = student
     if compiled:
         model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
     step = make_step(student, model, device)
-    if flops is None:
-        flops = step_flops(make_step(student, student, device) if compiled else step, images, targets)
+    if counted is None:
+        counted = count(student, images, targets, limits)
     started = time.perf_counter()
     step(images, targets)
     sync(device)
@@ -274,7 +278,8 @@ def train_row(
         sync(device)
         times.append(time.perf_counter() - started)
     median = spread(times)["median"]
-    achieved = flops / median / 1e12
+    achieved = counted.flops / median / 1e12
+    peak = limits[0]
     row = {
         "size": size,
         "compile": compiled,
@@ -284,14 +289,16 @@ def train_row(
         "first_step_s": round(first_s, 2),
         "step_s": spread(times),
         "images_per_s": round(plan.train_batch / median, 1),
-        "gflops_per_step": round(flops / 1e9, 3),
+        "gflops_per_step": round(counted.flops / 1e9, 3),
         "achieved_tflops": round(achieved, 4),
         "mfu": None if peak is None else round(achieved / peak, 3),
+        "eager_floor_ms": counted.floor_ms,
+        "over_eager_floor": None if counted.floor_ms is None else round(median * 1e3 / counted.floor_ms, 2),
         "peak_gpu_memory_gb": peak_memory_gb(device),
     }
     if not compiled:
         row["top_ops"] = op_profile(lambda: step(images, targets), device)
-    return row, flops
+    return row, counted
 
 
 def op_profile(step: Callable[[], None], device: torch.device, steps: int = 2) -> dict[str, Any]:
@@ -420,7 +427,8 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{head} {row['step_s']['median'] * 1e3:8.1f} ms/step "
-            f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  peak {row['peak_gpu_memory_gb']} GB"
+            f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  {row['over_eager_floor']}x eager floor  "
+            f"peak {row['peak_gpu_memory_gb']} GB"
         )
     if "error" in feed:
         lines.append(f"loader      {feed['error']}")
@@ -444,12 +452,13 @@ def main(argv: list[str] | None = None) -> int:
         help="real teacher weights (registry defaults unless NAME=WEIGHTS given; needs them locally or a hub)",
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the device")
+    parser.add_argument("--bandwidth-tbs", type=float, default=None, help="memory bandwidth of the device")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     plan = make_plan(args.smoke, args.weights is not None)
     device = torch.device("cpu") if args.smoke else torch.device(args.device or "cuda")
     weights = dict(item.split("=", 1) for item in args.weights or [])
-    peak = peak_tflops(device, args.peak_tflops)
+    limits = device_limits(device, args.peak_tflops, args.bandwidth_tbs)
     host = machine(device)  # before the loader's workers change the thread settings
     result: dict[str, Any] = {
         "benchmark": "gpu",
@@ -457,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         "complete": False,
         "machine": host,
         "plan": asdict(plan),
-        "peak_bf16_tflops": peak,
+        "peak_bf16_tflops": limits[0],
+        "bandwidth_tbs": limits[1],
         "targets": {"extraction_ratio": 0.95, "deit_base_mfu_h100": 0.40, "loader_over_memory": 0.98},
     }
     failed = []
@@ -470,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         result["teachers"] = {name: spec.to_dict() for name, spec in specs.items()}
         sections: list[tuple[str, Callable[[], Any]]] = [
             ("extraction", lambda: extraction(dataset, teachers, plan, device)),
-            ("training", lambda: training(specs, plan, device, peak)),
+            ("training", lambda: training(specs, plan, device, limits)),
             ("loader", lambda: loader(dataset, specs, plan, device)),  # reads the extraction's features
         ]
         for name, work in sections:
