@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -309,14 +309,44 @@ def _write_batch(
     records: dict[str, TeacherRecord],
     keys: list[str],
     outputs: dict[str, TeacherOutput],
+    handoff: _Handoff | None,
 ) -> None:
-    with torch.inference_mode():
+    with torch.inference_mode(), _on_writer_stream(handoff, outputs):
         for name, out in outputs.items():
             record = records[name]
             patch = area_downsample(out.patch, record.stored_grid)
             blobs = encode_batch(keys, name, patch, out.cls, record.storage, record.outlier_tokens)
             for key, blob in zip(keys, blobs, strict=True):
                 sinks[name].write(key, {f"{name}.safetensors": blob})
+
+
+@dataclass(frozen=True)
+class _Handoff:
+    """A batch's features passing to the writer thread on a GPU: the writer's own stream, and an event
+    recorded on the forward passes' stream once they made the batch's features.
+
+    The writer's checks and copies back to the host each wait for their stream. On the forward passes'
+    stream that meant every kernel queued before them, the next batch's forward passes too; the
+    forward loop, which waits for the writer two batches back, then found the GPU idle each time it
+    resumed. On its own stream, waiting for the event first, the writer waits for its batch alone.
+    """
+
+    stream: torch.cuda.Stream
+    made: torch.cuda.Event
+
+
+@contextmanager
+def _on_writer_stream(handoff: _Handoff | None, outputs: dict[str, TeacherOutput]) -> Iterator[None]:
+    if handoff is None:
+        yield
+        return
+    handoff.stream.wait_event(handoff.made)
+    for out in outputs.values():
+        for tensor in (out.patch, out.cls):
+            if tensor is not None and tensor.device == handoff.stream.device:
+                tensor.record_stream(handoff.stream)  # made on the forward stream, read on this one
+    with torch.cuda.stream(handoff.stream):
+        yield
 
 
 @dataclass(frozen=True)
@@ -368,11 +398,16 @@ class _OpenShard:
         records: dict[str, TeacherRecord],
         keys: list[str],
         outputs: dict[str, TeacherOutput],
+        writer_stream: torch.cuda.Stream | None,
     ) -> None:
         self.keys += keys
         while len(self.in_flight) >= 2:
             self.in_flight.pop(0).result()
-        self.in_flight.append(writer.submit(_write_batch, self.sinks, records, keys, outputs))
+        handoff = None
+        if writer_stream is not None:
+            made = torch.cuda.current_stream(writer_stream.device).record_event()
+            handoff = _Handoff(writer_stream, made)
+        self.in_flight.append(writer.submit(_write_batch, self.sinks, records, keys, outputs, handoff))
 
     def finish(self) -> list[Path]:
         """Wait for the writes, verify the keys, and rename the shards into place."""
@@ -426,6 +461,7 @@ def _run_tasks(
         for name in video_teachers(teachers)
     }
     device = next(iter(teachers.values())).device
+    writer_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     with ThreadPoolExecutor(1) as writer:
         try:
             for task, keys, decoded in prefetched(
@@ -447,7 +483,7 @@ def _run_tasks(
                     else run_teacher(teachers[name], batch, cfg.precision)
                     for name in task.pending
                 }
-                current.submit(writer, records, keys, outputs)
+                current.submit(writer, records, keys, outputs, writer_stream)
                 report.samples += len(keys)
                 bar.update(len(keys))
             if current is not None:
