@@ -427,7 +427,7 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{head} {row['step_s']['median'] * 1e3:8.1f} ms/step "
-            f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  {row['over_eager_floor']}x eager floor  "
+            f"{row['images_per_s']:8.1f} img/s  MFU {row['mfu']}  {row['over_eager_floor'] or '-'}x eager floor  "
             f"peak {row['peak_gpu_memory_gb']} GB"
         )
     if "error" in feed:

@@ -9,9 +9,11 @@ when nothing is fused, as in eager mode). Each operator then takes at least ``ma
 bytes / bandwidth)`` on a GPU, and their sum is the floor of an eager step: no eager implementation of
 this step can beat it, so ``counted FLOPs / (floor x peak)`` is the highest MFU eager mode can reach,
 and the floor's memory-bound share says how much of it only fusion (a compiler, or fewer passes
-written by hand) can remove. The step runs as on a GPU (bf16 autocast, the five real-size heads and
-teachers' grids) at two small batches; each operator's count is linear in the batch, so the counts
-are extrapolated to ``--batch``. The optimiser and gradient clipping are counted from the parameter
+written by hand) can remove. The step runs with the five real-size heads and teachers' grids, in
+bf16 autocast, at two small batches; each operator's count is linear in the batch, so the counts
+are extrapolated to ``--batch``. Two limits: a temporary made inside one kernel is not seen (smooth
+L1's sum makes one), and a CPU's autocast keeps layer norms and reductions in bf16 where CUDA's runs
+them in float32 and casts after, so on a GPU the step moves somewhat more (gpu.py counts there). The optimiser and gradient clipping are counted from the parameter
 count (fused AdamW and foreach clipping: 40 bytes per parameter, no FLOPs to speak of).
 
 Parts: the student's forward per top-level module (``backbone``, ``heads.<teacher>``, ...), the loss
@@ -23,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.module_tracker import ModuleTracker
 
 from common import FIVE, base_parser, machine, write_result
@@ -94,9 +97,13 @@ class CostCounter(TorchDispatchMode):
         packet = func.overloadpacket
         if func.is_view or packet.__name__ in NO_KERNEL:
             return out
-        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
-        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
-        moved = sum(t.numel() * t.element_size() for t in tensors)
+        read = _read_tensors(func, args, kwargs)
+        written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if not read and not written:  # a query such as promote_types: no kernel
+            return out
+        moved = sum(t.numel() * t.element_size() for t in (*read, *written))
+        formula = flop_registry.get(packet) or CPU_FLOP_FORMULAS.get(packet)
+        flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
         self.ops.append(OpCost(self._where(), packet.__name__, float(flops), float(moved)))
         return out
 
@@ -108,6 +115,36 @@ class CostCounter(TorchDispatchMode):
         return "student forward: " + (
             ".".join(names[:2]) if names[:1] == ["heads"] else names[0] if names else "(own)"
         )
+
+
+def _read_tensors(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors an operator reads: its arguments but ``out=`` destinations and ``copy_``'s self,
+    which it only writes (an in-place operator's self is read and written: counted as both)."""
+    written_only = {
+        a.name
+        for a in func._schema.arguments
+        if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write
+    }
+    kept = {key: value for key, value in kwargs.items() if key not in written_only}
+    positional = args[1:] if func.overloadpacket is torch.ops.aten.copy_ else args
+    return [t for t in tree_leaves((positional, kept)) if isinstance(t, torch.Tensor)]
+
+
+def _cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *_: Any, **__: Any) -> int:
+    return int(sdpa_flop_count(query.shape, key.shape, value.shape))
+
+
+def _cpu_attention_backward(
+    grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *_: Any, **__: Any
+) -> int:
+    return int(sdpa_backward_flop_count(grad.shape, query.shape, key.shape, value.shape))
+
+
+# torch's table covers the CUDA attention kernels; SDPA on a CPU runs these, with the same FLOPs
+CPU_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
 
 
 def _cut(value: Any, cuts: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:

@@ -53,8 +53,6 @@ def test_gpu_benchmark_smoke_writes_every_figure(tmp_path: Path) -> None:
         # images_per_s is rounded to 0.1 (a busy CPU runs the smoke step at ~1.5 images/s)
         assert row["images_per_s"] == pytest.approx(plan["train_batch"] / step, rel=1e-2, abs=0.05)
         assert row["mfu"] == pytest.approx(row["gflops_per_step"] / 1e3 / step / 0.5, rel=2e-2, abs=1e-3)
-        # the floor is at least the counted FLOPs at the peak (every operator takes its FLOPs' time or more)
-        assert row["eager_floor_ms"] >= row["gflops_per_step"] / 0.5 - 1e-2
         assert row["over_eager_floor"] == pytest.approx(step * 1e3 / row["eager_floor_ms"], rel=2e-2)
         assert row["peak_gpu_memory_gb"] is None  # CPU
     assert "top_ops" not in rows[1]

@@ -21,6 +21,33 @@ def roofline(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return importlib.import_module("roofline")
 
 
+def test_each_operator_counts_what_its_kernel_reads_and_writes(roofline: ModuleType) -> None:
+    """Views and allocations run no kernel; an in-place operator reads and writes its self; ``copy_``
+    and an ``out=`` destination are only written; attention's FLOPs count on a CPU too."""
+    from torch.utils.module_tracker import ModuleTracker
+
+    x, w = torch.randn(8, 16), torch.randn(4, 16)
+    q = torch.randn(2, 3, 10, 8)
+    with ModuleTracker() as tracker, roofline.CostCounter(tracker) as counter:
+        counter.part = "test"
+        y = F.linear(x, w)  # reads 8x16 + 4x16 floats, writes 8x4; 2 * 8 * 16 * 4 FLOPs
+        y.t()[1:].unsqueeze(0)  # views: nothing
+        torch.empty(5)  # an allocation: nothing
+        y.add_(1.0)  # reads and writes y
+        torch.empty(8, 4).copy_(y)  # reads y, writes the destination
+        torch.mul(y, 2.0, out=torch.empty(8, 4))  # reads y, writes out
+        F.scaled_dot_product_attention(q, q, q)
+    got = [(op.op, op.flops, op.bytes) for op in counter.ops]
+    assert got[:4] == [
+        ("mm", 2 * 8 * 16 * 4, 4 * (8 * 16 + 4 * 16 + 8 * 4)),
+        ("add_", 0, 4 * 2 * 32),
+        ("copy_", 0, 4 * 2 * 32),
+        ("mul", 0, 4 * 2 * 32),
+    ]
+    (attention,) = [op for op in counter.ops[4:] if "attention" in op.op]
+    assert attention.flops == 2 * (2 * 2 * 3 * 10 * 10 * 8)  # two products of [10, 8] x [8, 10] per head
+
+
 def test_counts_are_extrapolated_exactly_from_two_batches(roofline: ModuleType) -> None:
     """Every operator's FLOPs and bytes are linear in the batch: counts at 2 and 4 give those at 3."""
     specs = roofline.tiny_specs()
@@ -35,10 +62,11 @@ def test_counts_are_extrapolated_exactly_from_two_batches(roofline: ModuleType) 
     assert parameters > 0
 
 
-def test_the_patch_terms_move_at_most_80_bytes_per_value(roofline: ModuleType) -> None:
+def test_the_patch_terms_move_at_most_60_bytes_per_value(roofline: ModuleType) -> None:
     """One teacher's patch terms, forward and backward, bf16 prediction and float32 target: the
-    hand-derived gradient of distill.losses.patch_terms moves ~74 bytes per value, autograd's
-    composition of cosine_similarity and smooth_l1_loss ~180 (which the counter must see)."""
+    hand-derived gradient of distill.losses.patch_terms moves ~56 bytes per value between its
+    operators (smooth L1's sum also makes a float32 temporary inside its kernel, which no count of
+    inputs and outputs sees), autograd's composition of cosine_similarity and smooth_l1_loss ~180."""
     from torch.utils.module_tracker import ModuleTracker
 
     from distill.losses import patch_terms
@@ -55,7 +83,7 @@ def test_the_patch_terms_move_at_most_80_bytes_per_value(roofline: ModuleType) -
             cosine, smooth_l1 = terms(pred, target)
             (cosine + smooth_l1).backward()
         moved[name] = sum(op.bytes for op in counter.ops) / target.numel()
-    assert 60 < moved["ours"] <= 80 and moved["autograd"] > 150
+    assert 40 < moved["ours"] <= 60 and moved["autograd"] > 150
 
 
 def test_the_floor_bounds_compute_and_names_its_parts(roofline: ModuleType, tmp_path: Path) -> None:

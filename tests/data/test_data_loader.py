@@ -314,24 +314,36 @@ def test_too_little_shared_memory_is_refused_before_a_worker_dies_of_it(tmp_path
 
 
 def test_parts_finish_into_their_rows_of_one_batch(built: Built) -> None:
-    """A batch's per-stream parts are dequantised straight into their rows: the same values as each
-    part finished alone and concatenated, in new tensors (none over a part's reusable buffer)."""
+    """A batch's per-stream parts are dequantised straight into their rows: each teacher's features
+    as the codec dequantises them, normalised by its stats, in new tensors (none over a part's
+    reusable buffer). Parts may store the CLS in different dtypes; parts whose shapes or row
+    counts disagree are refused (an ``out=`` slice of the wrong size would be resized, not refused)."""
     from distill.data.dataset import PackedBatch, finish_parts
     from distill.data.join import iter_joined
 
     view = open_view(built.dataset, "train", FIVE, built.stats_dir)
-    samples = [view.decode(s) for s in iter_joined(view.path, view.shards[0].name, FIVE, writable=True)][:5]
+    joined = list(iter_joined(view.path, view.shards[0].name, FIVE, writable=True))[:5]
+    samples = [view.decode(s) for s in joined]
     parts = [view.pack(samples[:3]), view.pack(samples[3:4]), view.pack(samples[4:])]
+    wide = parts[1].targets["clip"]
+    assert wide.cls is not None and wide.cls.dtype != torch.float32
+    parts[1].targets["clip"] = replace(wide, cls=wide.cls.float())  # a float32 CLS in one part
     whole = finish_parts(parts, view.stats, "cpu")
-    _assert_same(whole, concat_batches([part.finish(view.stats) for part in parts]))
-    _assert_same(whole, view.collate(samples))
+    assert whole.keys == [s.key for s in samples]
+    for name in FIVE:
+        stats, stored = view.stats[name], [parse_sample(s.features[name], s.key) for s in joined]
+        raw = [blob.dequantize() for blob in stored]
+        patch = (torch.stack([r.patch for r in raw]) - stats.patch_mean) / stats.patch_std
+        torch.testing.assert_close(whole.targets[name].patch, patch)
+        if raw[0].cls is not None:
+            cls = (torch.stack([r.cls for r in raw]) - stats.cls_mean) / stats.cls_std  # type: ignore[misc,operator]
+            torch.testing.assert_close(whole.targets[name].cls, cls)
     owned = [t.data_ptr() for part in parts for t in part.tensors() if t is not None]
     assert whole.images.data_ptr() not in owned and all(
         out.patch.data_ptr() not in owned for out in whole.targets.values()
     )
-    shorter = {
-        **parts[1].targets,
-        "sam": replace(parts[1].targets["sam"], patch=parts[1].targets["sam"].patch[:, :1]),
-    }
-    with pytest.raises(ValueError, match=r"batch parts disagree: keys \['.+'\]\.\.\. \(1 images, 1 keys\)"):
-        finish_parts([parts[0], PackedBatch(parts[1].keys, parts[1].images, shorter)], view.stats, "cpu")
+    sam = parts[1].targets["sam"]
+    for bad in (replace(sam, patch=sam.patch[:, :1]), replace(sam, patch=torch.cat([sam.patch, sam.patch]))):
+        broken = PackedBatch(parts[1].keys, parts[1].images, {**parts[1].targets, "sam": bad})
+        with pytest.raises(ValueError, match=r"batch parts disagree: keys \['.+'\]\.\.\. \(1 keys"):
+            finish_parts([parts[0], broken], view.stats, "cpu")

@@ -195,18 +195,21 @@ def finish_parts(
 
 
 def _check_same_layout(first: PackedBatch, part: PackedBatch) -> None:
-    """Parts of one batch must agree on everything but their sample count (else rows would misalign)."""
+    """Parts of one batch must agree on every tensor's shape but the sample count, which must be their
+    key count (else rows would misalign, or an ``out=`` slice be resized with only a warning). Dtypes
+    may differ (a blob may hold a float32 CLS where others hold float16): finishing promotes each."""
 
     def shapes(batch: PackedBatch) -> list[str]:
         named: list[tuple[str, torch.Tensor | None]] = [("images", batch.images)]
         for name, packed in batch.targets.items():
             named += [(f"{name}.patch", packed.patch), (f"{name}.cls", packed.cls)]
-        return [f"{label} {'-' if t is None else f'{list(t.shape[1:])} {t.dtype}'}" for label, t in named]
+        return [f"{label} {'-' if t is None else list(t.shape[1:])}" for label, t in named]
 
-    if len(part.images) != len(part.keys) or shapes(part) != shapes(first):
+    rows = {len(t) for t in part.tensors() if t is not None}
+    if rows != {len(part.keys)} or shapes(part) != shapes(first):
         raise ValueError(
-            f"batch parts disagree: keys {part.keys[:2]}... ({len(part.images)} images, {len(part.keys)} keys) "
-            f"have {shapes(part)}, keys {first.keys[:2]}... have {shapes(first)}"
+            f"batch parts disagree: keys {part.keys[:2]}... ({len(part.keys)} keys, tensors of "
+            f"{sorted(rows)} rows) have {shapes(part)}, keys {first.keys[:2]}... have {shapes(first)}"
         )
 
 
@@ -242,6 +245,11 @@ class PackedLayout:
     teachers: list[str]
     # images, then per teacher: patch, scale, cls, outlier index, outlier rows (None: not stored)
     places: list[TensorPlace | None]
+
+    @property
+    def end(self) -> int:
+        """The byte after the last of its tensors: the part of the buffer the batch uses."""
+        return max(place.offset + place.nbytes for place in self.places if place is not None)
 
     def open(self, buffer: torch.Tensor) -> PackedBatch:
         """The batch over ``buffer`` (the same bytes the layout was taken from), without a copy."""

@@ -4,10 +4,12 @@ hand-derived gradient.
 Written as autograd composes them, the terms take about thirty passes over the patch grid between
 forward and backward (a float32 copy of the prediction, products, norms, clamps, and the backward of
 each), and every pass is memory-bound: at batch 256 the five real teachers' grids hold 556 M values,
-SAM's 64x64 alone 268 M. Here the forward reads prediction and target in four reductions and the
-backward builds the gradient in four elementwise passes, without a float32 copy of the prediction
-(nor one kept for the backward): 72 bytes moved per value in eager mode where autograd's
-composition moves 180 (bf16 prediction, float32 target).
+SAM's 64x64 alone 268 M. Here the forward takes the two norms, one product and its sum, and
+smooth L1's sum; the backward three elementwise passes (smooth L1's own backward kernel, then the
+cosine's two terms, the last writing the prediction's dtype), with no float32 copy of the prediction
+made or kept for the backward: 56 bytes moved per value between operators where autograd's
+composition moves 180 (bf16 prediction, float32 target; smooth L1's sum also makes a float32
+temporary inside its kernel, in both).
 
 The values are those of ``1 - F.cosine_similarity(pred, target, dim=-1, eps).mean()`` and
 ``F.smooth_l1_loss(pred, target, beta)``, computed in float32 (float64 for float64 inputs) whatever
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+_MEAN = 1  # at::Reduction::Mean, the reduction argument of aten's loss kernels
 
 
 def patch_terms(
@@ -76,7 +80,9 @@ class _PatchTerms(torch.autograd.Function):
         tokens = cosine.numel()
         to_target = (-grad_cosine / tokens * inverse_both).unsqueeze(-1)
         to_pred = (grad_cosine / tokens * cosine * inverse_pred.square() * pred_long).unsqueeze(-1)
-        grad = torch.sub(pred, target).clamp_(-ctx.beta, ctx.beta).mul_(grad_l1 / (ctx.beta * pred.numel()))
+        # smooth L1's own backward kernel, in one pass; called with the target first, so that it computes
+        # and returns the target's dtype (float32), and the sign folded into the incoming gradient
+        grad = torch.ops.aten.smooth_l1_loss_backward(-grad_l1, target, pred, _MEAN, ctx.beta)
         grad.addcmul_(target, to_target)
         # the last pass computes in float32 and writes the prediction's dtype: no separate cast
         return torch.addcmul(grad, pred, to_pred, out=torch.empty_like(pred)), None, None, None
