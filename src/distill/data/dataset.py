@@ -106,16 +106,17 @@ class PackedTargets:
         )
 
     def finish(self, norm: Normalization | None, out: TeacherOutput) -> None:
-        """float32 ``(q * scale - mean) / std`` into ``out`` (rows of a batch on this part's device),
-        computed as ``q * (scale / std) + (-mean / std)`` in one pass that reads the stored dtype."""
+        """float32 ``(q * scale - mean) / std`` into ``out`` (rows of a batch on this part's device):
+        the stored values converted into the rows, then ``x * (scale / std) + (-mean / std)`` in place.
+        (One pass reading the stored dtype would move fewer bytes on a GPU, but a CPU runs mixed-dtype
+        kernels unvectorised: 2.6 ms against 1.1 for a part of four SAM grids.)"""
+        patch = out.patch.copy_(self.patch)
         factor = None if self.scale is None else self.scale[:, None, None, :]
         if norm is not None:
             scale = norm.patch_scale if factor is None else factor * norm.patch_scale
-            torch.addcmul(norm.patch_shift, self.patch, scale, out=out.patch)
+            torch.addcmul(norm.patch_shift, patch, scale, out=patch)
         elif factor is not None:
-            torch.mul(self.patch, factor, out=out.patch)
-        else:
-            out.patch.copy_(self.patch)
+            patch.mul_(factor)
         if self.outlier_index is not None and self.outlier_patch is not None:
             rows = self.outlier_patch.float()
             if norm is not None:
@@ -124,12 +125,12 @@ class PackedTargets:
             flat.scatter_(1, self.outlier_index[:, :, None].expand(-1, -1, flat.shape[-1]), rows)
         if self.cls is None or out.cls is None:
             return
+        cls = out.cls.copy_(self.cls)
         if norm is None:
-            out.cls.copy_(self.cls)
-        elif norm.cls_scale is None or norm.cls_shift is None:
+            return
+        if norm.cls_scale is None or norm.cls_shift is None:
             raise ValueError("these features have a CLS but their stats have no CLS statistics")
-        else:
-            torch.addcmul(norm.cls_shift, self.cls, norm.cls_scale, out=out.cls)
+        torch.addcmul(norm.cls_shift, cls, norm.cls_scale, out=cls)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def finish_parts(
 
     Every tensor is new (none is a view of a part's buffer, which a loader slot reuses): each part is
     copied to the device in its stored dtype and finished straight into its rows of the batch, so no
-    per-part float32 tensors are made and then concatenated (for int8, 5 bytes moved per value on a
+    per-part float32 tensors are made and then concatenated (for int8, 13 bytes moved per value on a
     GPU instead of 21).
     """
     if not parts:
