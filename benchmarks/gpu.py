@@ -9,7 +9,7 @@
    of each teacher's bf16 features to its fp32 features.
 2. Training step of ``deit_small`` and ``deit_base`` with the five real-size heads, as the trainer
    runs it (bf16 autocast, SDPA attention, fused AdamW, loss checks, gradient clipping), with
-   ``torch.compile`` off and on: step time, images/s, and MFU = counted FLOPs of forward + backward
+   ``torch.compile`` off and on (on: the student and the patch loss, as ``training.compile`` does): step time, images/s, and MFU = counted FLOPs of forward + backward
    (torch's formulas, counted by benchmarks/roofline.py) / step time / the device's dense bf16 peak;
    the step over its eager floor (the sum over its operators of max(FLOPs / peak, bytes / bandwidth):
    how far the kernels are from the device's limits). ``--peak-tflops`` and ``--bandwidth-tbs`` when
@@ -42,7 +42,7 @@ from common import FIVE, base_parser, machine, paired_ratio, spread, synthetic_d
 from distill.data.dataset import Batch
 from distill.data.loader import LoaderConfig, train_batches
 from distill.features import TeacherOutput, TeacherSpec
-from distill.losses import LossConfig, distillation_loss
+from distill.losses import LossConfig, PatchTerms, distillation_loss, patch_terms
 from distill.models import Student, StudentConfig
 from distill.optim import build_optimizer
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
@@ -158,8 +158,11 @@ Step = Callable[[torch.Tensor, dict[str, TeacherOutput]], None]
 Limits = tuple[float | None, float | None]  # (peak bf16 TFLOP/s, bandwidth TB/s), None: not known
 
 
-def make_step(student: Student, model: nn.Module, device: torch.device) -> Step:
-    """One optimiser step as distill.train.Trainer takes it (grad_accum 1)."""
+def make_step(
+    student: Student, model: nn.Module, device: torch.device, patch_loss: PatchTerms = patch_terms
+) -> Step:
+    """One optimiser step as distill.train.Trainer takes it (grad_accum 1); compiled, the trainer
+    compiles the patch loss too."""
     optimizer = build_optimizer(
         student, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999), no_decay_names=("queries",), fused=device.type == "cuda"
     )  # fmt: skip
@@ -169,7 +172,7 @@ def make_step(student: Student, model: nn.Module, device: torch.device) -> Step:
     def step(images: torch.Tensor, targets: dict[str, TeacherOutput]) -> None:
         with autocast():
             output = model(images)
-        breakdown = distillation_loss(output, targets, images, loss_cfg)
+        breakdown = distillation_loss(output, targets, images, loss_cfg, patch_loss)
         check_finite(breakdown, 1, 0)
         breakdown.total.backward()
         check_gradients(student, 1, 0, 1.0)
@@ -260,9 +263,11 @@ def train_row(
     """The row of one size and compile setting, and the step's counts (``counted`` when given)."""
     student = build_student(size, specs, plan.canonical_size, device)
     model: nn.Module = student
+    patch_loss: PatchTerms = patch_terms
     if compiled:
         model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
-    step = make_step(student, model, device)
+        patch_loss = torch.compile(patch_terms, backend=plan.compile_backend)
+    step = make_step(student, model, device, patch_loss)
     if counted is None:
         counted = count(student, images, targets, limits)
     started = time.perf_counter()

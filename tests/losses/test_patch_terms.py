@@ -81,3 +81,25 @@ def test_bad_inputs_are_refused() -> None:
         patch_terms(pred, target.float().requires_grad_(True), 1.0)
     with pytest.raises(ValueError, match="beta must be > 0"):
         patch_terms(pred, target.float(), 0.0)
+
+
+def test_the_compiled_terms_are_one_graph_with_the_same_values_and_gradient() -> None:
+    """training.compile compiles the patch terms (the compiler then fuses their passes): they must
+    trace whole, custom backward included, and give what eager mode gives. ``aot_eager`` traces
+    forward and backward as inductor would, without generating kernels (minutes on a CPU)."""
+    import torch._dynamo
+
+    pred, target = awkward_pair(torch.bfloat16)
+    target = target.float()
+    explained = torch._dynamo.explain(lambda p, t: patch_terms(p, t, 0.5))(pred, target)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    compiled = torch.compile(patch_terms, backend="aot_eager", fullgraph=True)
+    grads = []
+    for terms in (patch_terms, compiled):
+        leaf = pred.clone().requires_grad_(True)
+        cosine, smooth_l1 = terms(leaf, target, 0.5)
+        (0.3 * cosine + 2.0 * smooth_l1).backward()
+        grads.append((cosine.detach(), smooth_l1.detach(), leaf.grad))
+    for eager, traced in zip(*grads, strict=True):
+        assert eager is not None and traced is not None
+        torch.testing.assert_close(traced, eager, rtol=0, atol=0)

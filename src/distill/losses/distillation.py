@@ -21,7 +21,7 @@ import torch
 
 from distill.features import TeacherOutput
 from distill.losses.cosine import cosine_distance
-from distill.losses.patch import patch_terms
+from distill.losses.patch import PatchTerms, patch_terms
 from distill.losses.pixel import pixel_mse
 
 if TYPE_CHECKING:
@@ -113,11 +113,14 @@ def distillation_loss(
     targets: Mapping[str, TeacherOutput],
     images: torch.Tensor | None,
     cfg: LossConfig,
+    patch_loss: PatchTerms = patch_terms,
 ) -> LossBreakdown:
     """The weighted sum of every teacher's feature losses and the pixel loss, with each term reported.
 
     ``targets`` are stats-normalised teacher features; ``images`` are the batch the student saw
-    (needed for the pixel loss, when the student has a pixel head).
+    (needed for the pixel loss, when the student has a pixel head). ``patch_loss`` computes each
+    teacher's two patch terms: ``patch_terms``, or the same compiled (``training.compile``), where
+    the compiler fuses its passes over the grids.
     """
     unknown_targets = sorted(set(targets) - set(output.features))
     if unknown_targets:
@@ -138,7 +141,7 @@ def distillation_loss(
     for name, pred in output.features.items():
         weight = cfg.teacher_weight(name)
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-            raw = _teacher_terms(name, pred, targets[name], cfg.smooth_l1_beta)
+            raw = _teacher_terms(name, pred, targets[name], cfg.smooth_l1_beta, patch_loss)
         term_weights = {"patch_cos": cfg.patch_cos, "patch_l1": cfg.patch_l1, "cls_cos": cfg.cls_cos}
         total = _weighted_sum(raw, term_weights, scale=weight)
         terms |= {f"{name}/{key}": value.detach() for key, value in raw.items()}
@@ -186,7 +189,7 @@ def distillation_loss(
 
 
 def _teacher_terms(
-    name: str, pred: TeacherOutput, target: TeacherOutput, beta: float
+    name: str, pred: TeacherOutput, target: TeacherOutput, beta: float, patch_loss: PatchTerms
 ) -> dict[str, torch.Tensor]:
     """Raw (unweighted) losses of one teacher, after checking the shapes agree."""
     if pred.patch.shape != target.patch.shape:
@@ -202,7 +205,7 @@ def _teacher_terms(
         raise ValueError(
             f"teacher {name!r}: the student {has}; student and data were built for different teacher specs"
         )
-    patch_cos, patch_l1 = patch_terms(pred.patch, target.patch.to(pred.patch.device, non_blocking=True), beta)
+    patch_cos, patch_l1 = patch_loss(pred.patch, target.patch.to(pred.patch.device, non_blocking=True), beta)
     terms = {"patch_cos": patch_cos, "patch_l1": patch_l1}
     if pred.cls is not None and target.cls is not None:
         terms["cls_cos"] = cosine_distance(pred.cls, target.cls.to(pred.cls.device, non_blocking=True))

@@ -19,6 +19,7 @@ prediction shorter than ``eps``, F.cosine_similarity's own backward is not: it c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 _MEAN = 1  # at::Reduction::Mean, the reduction argument of aten's loss kernels
+
+
+# what distillation_loss calls for each teacher: patch_terms, or patch_terms under torch.compile
+PatchTerms = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
 def patch_terms(

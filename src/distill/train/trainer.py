@@ -31,7 +31,7 @@ from distill.distributed import (
     shutdown,
 )
 from distill.features import TeacherOutput
-from distill.losses import LossBreakdown, LossConfig, distillation_loss
+from distill.losses import LossBreakdown, LossConfig, PatchTerms, distillation_loss, patch_terms
 from distill.models import Student, StudentConfig, read_stats
 from distill.models.quantize import code_histogram, usage_metrics
 from distill.optim import WarmupCosine, build_optimizer, load_optimizer_state
@@ -238,8 +238,10 @@ class Trainer:
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 find_unused_parameters=False,
             )
+        self.patch_loss: PatchTerms = patch_terms
         if training.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self.patch_loss = torch.compile(patch_terms)  # fuses the loss's passes over the teachers' grids
         self.sink = MetricsSink(
             self.run_dir,
             enabled=ctx.is_main,
@@ -335,7 +337,9 @@ class Trainer:
         with context:
             with self.autocast():
                 output = self.model(images)
-            breakdown = distillation_loss(output, targets, images, self.loss_cfg.at_step(self.step))
+            breakdown = distillation_loss(
+                output, targets, images, self.loss_cfg.at_step(self.step), self.patch_loss
+            )
             check_finite(breakdown, step, self.ctx.rank)
             (breakdown.total / self.cfg.training.grad_accum).backward()
         quantizer = self.student.quantizer
