@@ -266,7 +266,7 @@ def train_row(
     patch_loss: PatchTerms = patch_terms
     if compiled:
         model = torch.compile(student, backend=plan.compile_backend)  # type: ignore[assignment]
-        patch_loss = torch.compile(patch_terms, backend=plan.compile_backend)
+        patch_loss = torch.compile(patch_terms, backend=plan.compile_backend, dynamic=False)  # as the trainer
     step = make_step(student, model, device, patch_loss)
     if counted is None:
         counted = count(student, images, targets, limits)

@@ -11,9 +11,10 @@ this step can beat it, so ``counted FLOPs / (floor x peak)`` is the highest MFU 
 and the floor's memory-bound share says how much of it only fusion (a compiler, or fewer passes
 written by hand) can remove. The step runs with the five real-size heads and teachers' grids, in
 bf16 autocast, at two small batches; each operator's count is linear in the batch, so the counts
-are extrapolated to ``--batch``. Two limits: a temporary made inside one kernel is not seen (smooth
-L1's sum makes one), and a CPU's autocast keeps layer norms and reductions in bf16 where CUDA's runs
-them in float32 and casts after, so on a GPU the step moves somewhat more (gpu.py counts there). The optimiser and gradient clipping are counted from the parameter
+are extrapolated to ``--batch``. Two limits: what an operator does inside its kernel is not seen
+(smooth L1's sum makes a temporary; on a CPU, a mixed-dtype kernel converts its inputs first), and a
+CPU's autocast keeps layer norms and reductions in bf16 where CUDA's runs them in float32 and casts
+after, so on a GPU the step moves somewhat more (gpu.py counts there). The optimiser and gradient clipping are counted from the parameter
 count (fused AdamW and foreach clipping: 40 bytes per parameter, no FLOPs to speak of).
 
 Parts: the student's forward per top-level module (``backbone``, ``heads.<teacher>``, ...), the loss
@@ -117,16 +118,20 @@ class CostCounter(TorchDispatchMode):
         )
 
 
+WRITE_ONLY_SELF = {torch.ops.aten.copy_, torch.ops.aten.zero_, torch.ops.aten.fill_}
+
+
 def _read_tensors(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors an operator reads: its arguments but ``out=`` destinations and ``copy_``'s self,
-    which it only writes (an in-place operator's self is read and written: counted as both)."""
+    """The tensors an operator reads: its arguments but ``out=`` destinations and the self of
+    ``copy_``, ``zero_`` and ``fill_``, which they only write (another in-place operator's self is
+    read and written: counted as both)."""
     written_only = {
         a.name
         for a in func._schema.arguments
         if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write
     }
     kept = {key: value for key, value in kwargs.items() if key not in written_only}
-    positional = args[1:] if func.overloadpacket is torch.ops.aten.copy_ else args
+    positional = args[1:] if func.overloadpacket in WRITE_ONLY_SELF else args
     return [t for t in tree_leaves((positional, kept)) if isinstance(t, torch.Tensor)]
 
 

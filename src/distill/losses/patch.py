@@ -7,9 +7,10 @@ each), and every pass is memory-bound: at batch 256 the five real teachers' grid
 SAM's 64x64 alone 268 M. Here the forward takes the two norms, one product and its sum, and
 smooth L1's sum; the backward three elementwise passes (smooth L1's own backward kernel, then the
 cosine's two terms, the last writing the prediction's dtype), with no float32 copy of the prediction
-made or kept for the backward: 56 bytes moved per value between operators where autograd's
+made or kept for the backward on a GPU: 56 bytes moved per value between operators where autograd's
 composition moves 180 (bf16 prediction, float32 target; smooth L1's sum also makes a float32
-temporary inside its kernel, in both).
+temporary inside its kernel, in both, and a CPU converts a bf16 prediction to float32 inside the
+mixed-dtype kernels).
 
 The values are those of ``1 - F.cosine_similarity(pred, target, dim=-1, eps).mean()`` and
 ``F.smooth_l1_loss(pred, target, beta)``, computed in float32 (float64 for float64 inputs) whatever
@@ -85,9 +86,13 @@ class _PatchTerms(torch.autograd.Function):
         tokens = cosine.numel()
         to_target = (-grad_cosine / tokens * inverse_both).unsqueeze(-1)
         to_pred = (grad_cosine / tokens * cosine * inverse_pred.square() * pred_long).unsqueeze(-1)
-        # smooth L1's own backward kernel, in one pass; called with the target first, so that it computes
-        # and returns the target's dtype (float32), and the sign folded into the incoming gradient
-        grad = torch.ops.aten.smooth_l1_loss_backward(-grad_l1, target, pred, _MEAN, ctx.beta)
+        # smooth L1's own backward kernel, in one pass: called with the target first, so that it computes
+        # in the target's dtype (float32), the sign folded into the incoming gradient; the grad_input form
+        # writes into an empty tensor (the plain form zero-fills its output first: a pass for nothing)
+        grad = torch.empty_like(target)
+        torch.ops.aten.smooth_l1_loss_backward.grad_input(
+            -grad_l1, target, pred, _MEAN, ctx.beta, grad_input=grad
+        )
         grad.addcmul_(target, to_target)
         # the last pass computes in float32 and writes the prediction's dtype: no separate cast
         return torch.addcmul(grad, pred, to_pred, out=torch.empty_like(pred)), None, None, None
