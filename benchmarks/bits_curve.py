@@ -25,7 +25,7 @@ from common import base_parser, write_result
 from distill.demo.plot import line_plot
 from distill.models.checkpoint import read_config
 from distill.models.quantize import code_layout
-from latent_quality import build_dataset, point, pusht_setup, run_arguments, train
+from latent_quality import build_dataset, plot_path, point, pusht_setup, run_arguments, train
 
 # name -> model overrides; "z": continuous z. At d_z = 32 the summary is 24 dimensions (6 codes of 4) and
 # the 8 keypoint coordinates are 8 codes of 64 levels (48 bits) unless the setting says otherwise.
@@ -96,7 +96,7 @@ def draw(points: list[dict[str, Any]], d_z: int, path: Path) -> None:
 
 def main() -> int:
     parser = base_parser("bits_curve", __doc__)
-    run_arguments(parser, episodes=50, steps=600, plot="bits_curve.png")  # 50: 8 train shards for 8 streams
+    run_arguments(parser, episodes=50, steps=600)  # 50: 8 train shards for 8 streams
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--dz", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
@@ -121,7 +121,7 @@ def main() -> int:
         entry = point(dataset, student, args.dz)
         use = codebook_use(student)
         points.append({"setting": name, "bits_per_frame": bits_per_frame(student), "codebook": use, **entry})
-    draw(points, args.dz, args.plot)
+    draw(points, args.dz, plot_path(args, "bits_curve", "bits_curve.png"))
     result = {
         "setup": pusht_setup(
             args,

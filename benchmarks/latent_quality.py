@@ -151,7 +151,7 @@ def pusht_setup(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     }
 
 
-def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int, plot: str) -> None:
+def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int) -> None:
     """The options of a curve of PushT runs (this script and bits_curve.py): data, run length, plot."""
     parser.add_argument("--work", type=Path, required=True, help="folder for the episodes, dataset and runs")
     parser.add_argument("--episodes", type=int, default=episodes)
@@ -159,14 +159,30 @@ def run_arguments(parser: argparse.ArgumentParser, episodes: int, steps: int, pl
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "images" / plot)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="default: docs/images/ for the committed result, else beside --output",
+    )
+
+
+def plot_path(args: argparse.Namespace, result: str, picture: str) -> Path:
+    """Where the curve goes: ``--plot``; else the README's picture ``docs/images/<picture>`` when the
+    run writes the committed ``results/<result>.json``, and beside the JSON otherwise (runs of one
+    point, made to check a change, overwrote the README's four-point curve twice)."""
+    if args.plot is not None:
+        return Path(args.plot)
+    if Path(args.output).resolve() == (HERE / "results" / f"{result}.json").resolve():
+        return REPO / "docs" / "images" / picture
+    return Path(args.output).with_suffix(".png")
 
 
 def main() -> int:
     parser = base_parser("latent_quality", __doc__)
     # 400 episodes, about a fifth (79) held out by the split. With 100 (17 held out), an exact tracker of the
     # T's centre read the block's y at only 0.90 on those few turns (docs/decisions.md).
-    run_arguments(parser, episodes=400, steps=3000, plot="dz_curve.png")
+    run_arguments(parser, episodes=400, steps=3000)
     parser.add_argument("--dz", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args()
     dataset = build_dataset(args.work, args.episodes, args.frames, args.size)
@@ -180,7 +196,8 @@ def main() -> int:
         "PCA(d_z) (PSNR)": [(p["d_z"], p["pixels"]["pca"]["psnr_mean"]) for p in points],
         "mean image (PSNR)": [(p["d_z"], p["pixels"]["mean_image"]["psnr_mean"]) for p in points],
     }
-    line_plot(series, args.plot, title="held-out PushT frames: PSNR through z vs PCA of the same width")
+    plot = plot_path(args, "latent_quality", "dz_curve.png")
+    line_plot(series, plot, title="held-out PushT frames: PSNR through z vs PCA of the same width")
     result = {
         "setup": pusht_setup(
             args,
