@@ -50,6 +50,7 @@ class TrainingConfig:
     precision: Precision
     teacher_precision: TeacherPrecision  # online teachers (distill.teachers.precision)
     compile: bool
+    compile_backend: str  # torch.compile's backend: inductor (fused kernels), or e.g. aot_eager to debug
     ema_decay: float | None
     val_every: int
     checkpoint_every: int

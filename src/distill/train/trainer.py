@@ -240,10 +240,11 @@ class Trainer:
             )
         self.patch_loss: PatchTerms = patch_terms
         if training.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            backend = training.compile_backend
+            self.model = torch.compile(self.model, backend=backend)  # type: ignore[assignment]
             # fuses the loss's passes over the teachers' grids; one static graph per grid shape (a few
             # teachers, one batch size) rather than kernels made dynamic in h, w and C after the second
-            self.patch_loss = torch.compile(patch_terms, dynamic=False)
+            self.patch_loss = torch.compile(patch_terms, backend=backend, dynamic=False)
         self.sink = MetricsSink(
             self.run_dir,
             enabled=ctx.is_main,
