@@ -43,7 +43,7 @@ from distill.data.dataset import Batch
 from distill.data.loader import LoaderConfig, train_batches
 from distill.features import TeacherOutput, TeacherSpec
 from distill.losses import LossConfig, PatchTerms, distillation_loss, patch_terms
-from distill.models import Student, StudentConfig
+from distill.models import Student
 from distill.optim import build_optimizer
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches
@@ -53,7 +53,7 @@ from distill.train.precision import autocast_factory
 from distill.train.trainer import check_finite, check_gradients
 from extraction import measure
 from real_teachers import build_teachers
-from roofline import count_step, device_figures, summary
+from roofline import build_student, count_step, device_figures, random_inputs, summary
 
 FIDELITY_IMAGES = 4  # images of the bf16-vs-fp32 comparison (every token of each is compared)
 
@@ -180,29 +180,6 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def build_student(size: str, specs: dict[str, TeacherSpec], image_size: int, device: torch.device) -> Student:
-    torch.manual_seed(0)
-    config = StudentConfig.from_preset(size, dict(specs), image_size=image_size)
-    return Student(config, load_pretrained=False).to(device).train()
-
-
-def random_inputs(
-    specs: dict[str, TeacherSpec], batch: int, size: int, device: torch.device
-) -> tuple[torch.Tensor, dict[str, TeacherOutput]]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
-    targets = {
-        name: TeacherOutput(
-            torch.randn(batch, *spec.grid, spec.channels, generator=generator).to(device),
-            None
-            if spec.cls_channels is None
-            else torch.randn(batch, spec.cls_channels, generator=generator).to(device),
-        )
-        for name, spec in specs.items()
-    }
-    return images.to(device), targets
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import base_parser, machine, paired_ratio, write_result
 from distill.models.heads import SpatialHead, resample_grid
-from gpu import build_student, make_step, random_inputs
+from gpu import make_step
+from roofline import build_student, random_inputs
 from student import REAL_TEACHERS
 
 

@@ -259,26 +259,37 @@ def summary(
     }
 
 
+def build_student(size: str, specs: dict[str, TeacherSpec], image_size: int, device: torch.device) -> Student:
+    """The ``size`` preset with heads for ``specs``, random weights (seed 0), in training mode."""
+    torch.manual_seed(0)
+    config = StudentConfig.from_preset(size, dict(specs), image_size=image_size)
+    return Student(config, load_pretrained=False).to(device).train()
+
+
+def random_inputs(
+    specs: dict[str, TeacherSpec], batch: int, size: int, device: torch.device
+) -> tuple[torch.Tensor, dict[str, TeacherOutput]]:
+    """A batch of random images and teacher targets of the specs' shapes (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = {
+        name: TeacherOutput(
+            torch.randn(batch, *spec.grid, spec.channels, generator=generator).to(device),
+            None
+            if spec.cls_channels is None
+            else torch.randn(batch, spec.cls_channels, generator=generator).to(device),
+        )
+        for name, spec in specs.items()
+    }
+    return images.to(device), targets
+
+
 def measure_size(
     size: str, specs: dict[str, TeacherSpec], image_size: int, batches: tuple[int, int], batch: int
 ) -> tuple[list[OpCost], int]:
-    torch.manual_seed(0)
-    student = Student(
-        StudentConfig.from_preset(size, dict(specs), image_size=image_size), load_pretrained=False
-    )
-    student.train()
-    runs = []
-    for b in batches:
-        generator = torch.Generator().manual_seed(b)
-        images = torch.randint(0, 256, (b, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
-        targets = {
-            name: TeacherOutput(
-                torch.randn(b, *spec.grid, spec.channels, generator=generator),
-                None if spec.cls_channels is None else torch.randn(b, spec.cls_channels, generator=generator),
-            )
-            for name, spec in specs.items()
-        }
-        runs.append(count_step(student, images, targets))
+    cpu = torch.device("cpu")
+    student = build_student(size, specs, image_size, cpu)
+    runs = [count_step(student, *random_inputs(specs, b, image_size, cpu)) for b in batches]
     return extrapolated(runs[0], runs[1], batches, batch), sum(p.numel() for p in student.parameters())
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_reduce as all_reduce_autograd
 
 DevicePreference = Literal["auto", "cpu", "cuda"]
 
@@ -151,6 +152,18 @@ def all_ok(ctx: DistContext, ok: bool) -> bool:
     flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=ctx.comm_device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def group_size() -> int:
+    """Ranks in the default process group (1 outside torchrun): for code inside a model, which has no
+    DistContext."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks, on its device and autograd-aware (the gradient is summed
+    back): batch statistics inside a model's forward pass."""
+    return all_reduce_autograd(tensor) if group_size() > 1 else tensor
 
 
 def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:

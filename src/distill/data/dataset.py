@@ -199,19 +199,21 @@ def _check_same_layout(first: PackedBatch, part: PackedBatch) -> None:
     """Parts of one batch must agree on every tensor's shape but the sample count, which must be their
     key count (else rows would misalign, or an ``out=`` slice be resized with only a warning). Dtypes
     may differ (a blob may hold a float32 CLS where others hold float16): finishing promotes each."""
-
-    def shapes(batch: PackedBatch) -> list[str]:
-        named: list[tuple[str, torch.Tensor | None]] = [("images", batch.images)]
-        for name, packed in batch.targets.items():
-            named += [(f"{name}.patch", packed.patch), (f"{name}.cls", packed.cls)]
-        return [f"{label} {'-' if t is None else list(t.shape[1:])}" for label, t in named]
-
     rows = {len(t) for t in part.tensors() if t is not None}
-    if rows != {len(part.keys)} or shapes(part) != shapes(first):
-        raise ValueError(
-            f"batch parts disagree: keys {part.keys[:2]}... ({len(part.keys)} keys, tensors of "
-            f"{sorted(rows)} rows) have {shapes(part)}, keys {first.keys[:2]}... have {shapes(first)}"
-        )
+    if rows == {len(part.keys)} and _row_shapes(part) == _row_shapes(first):
+        return
+    raise ValueError(
+        f"batch parts disagree: keys {part.keys[:2]}... ({len(part.keys)} keys, tensors of {sorted(rows)} rows) "
+        f"have {_row_shapes(part)}, keys {first.keys[:2]}... have {_row_shapes(first)}"
+    )
+
+
+def _row_shapes(batch: PackedBatch) -> list[tuple[str, tuple[int, ...] | None]]:
+    """Each tensor's shape after the sample dimension (None: not stored), named."""
+    named: list[tuple[str, torch.Tensor | None]] = [("images", batch.images)]
+    for name, packed in batch.targets.items():
+        named += [(f"{name}.patch", packed.patch), (f"{name}.cls", packed.cls)]
+    return [(label, None if t is None else tuple(t.shape[1:])) for label, t in named]
 
 
 PACK_ALIGN = 64  # byte alignment of each tensor in a packed batch's buffer

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.codes import CodeLayout
+from distill.distributed import global_sum, group_size
 from distill.models.config import StudentConfig
 from distill.models.keypoints import coordinate_level, level_value
-from distill.models.znorm import _global_sum, _world_size
 
 VQ_DECAY = 0.95  # EMA of the codebook statistics: ~20 steps, so short runs track a moving encoder
 # A code whose EMA share of the assignments falls below this fraction of the uniform share 1/K
@@ -197,10 +197,10 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
         onehot = F.one_hot(codes, self.vocabulary).float()  # [B, codes, vocabulary]
-        counts = _global_sum(onehot.sum(0))
+        counts = global_sum(onehot.sum(0))
         # fp32 like the buffers it updates: under the trainer's bf16 autocast (GPU) einsum would round
         with torch.autocast(x.device.type, enabled=False):
-            sums = _global_sum(torch.einsum("bgk,bgd->gkd", onehot, x.float()))
+            sums = global_sum(torch.einsum("bgk,bgd->gkd", onehot, x.float()))
         self.counts.lerp_(counts, 1 - VQ_DECAY)
         self.sums.lerp_(sums, 1 - VQ_DECAY)
         used = self.counts > 0
@@ -216,7 +216,7 @@ class VectorQuantizer(Quantizer):
         picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
         group = dead.nonzero()[:, 0]
         fresh = x[picks, group]
-        if _world_size() > 1:
+        if group_size() > 1:
             dist.broadcast(fresh, src=0)
         counts = uniform.expand_as(self.counts)[dead]
         self.codebook[dead] = fresh

@@ -21,9 +21,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
+
+from distill.distributed import global_sum, group_size
 
 
 class ZBatchNorm(nn.Module):
@@ -44,14 +44,14 @@ class ZBatchNorm(nn.Module):
             return (z - self.running_mean) / (self.running_var + self.eps).sqrt()
         # the check reads shapes, not the summed count: reading a GPU value back would stall the
         # host mid-step (and break a compiled graph in two); training ranks hold equal batches
-        if z.shape[0] * _world_size() < 2:
+        if z.shape[0] * group_size() < 2:
             raise ValueError(
                 "z batch norm needs at least 2 samples per step across all ranks in training mode"
             )
         z32 = z.float()
-        count = _global_sum(z32.new_full((1,), float(z.shape[0])))  # filled there: no copy to wait on
-        mean = _global_sum(z32.sum(0)) / count
-        var = _global_sum((z32 - mean).square().sum(0)) / count
+        count = global_sum(z32.new_full((1,), float(z.shape[0])))  # filled there: no copy to wait on
+        mean = global_sum(z32.sum(0)) / count
+        var = global_sum((z32 - mean).square().sum(0)) / count
         with torch.no_grad():
             unbiased = var * count / (count - 1)
             if self._calibrating is not None:
@@ -80,11 +80,3 @@ class ZBatchNorm(nn.Module):
         with torch.no_grad():
             self.running_mean.copy_(mean)
             self.running_var.copy_((second - mean.square()).clamp_min(0) * count / (count - 1))
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    return all_reduce(x) if _world_size() > 1 else x
