@@ -8,18 +8,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import FIVE, JOBS, Built
+from data_helpers import FIVE, JOBS, PER_SHARD, Built
 
+import distill.io
 from distill.data.codec import decode_sample, read_metadata
 from distill.data.dataset import load_checked_stats
 from distill.data.manifest import load_manifest, manifest_path
 from distill.data.shards import iter_shard, list_keys, write_shard
 from distill.distributed import DistContext
+from distill.features import TeacherOutput
 from distill.preprocess.calc_stats import StatsConfig, compute_stats
 from distill.preprocess.check import check_dataset
 from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches, run_extraction
@@ -236,3 +239,95 @@ def test_records_without_a_precision_read_as_fp32_and_resume(
 def test_non_positive_batch_or_threads_are_refused(field: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"{field} \(0\)"):
         ExtractConfig(dataset=tmp_path, teachers=(), **{field: 0})
+
+
+def _without_clip_features(ds: Path) -> list[str]:
+    """Delete clip's feature shards (so a run writes every one of them); the shard names, in order."""
+    shards = _all_shards(ds)
+    for shard in shards:
+        (ds / "clip" / shard).unlink()
+    return shards
+
+
+CLIP_ONLY = (TeacherJob("clip", "tiny", None, "int8"),)
+
+
+def test_the_forward_loop_goes_on_while_a_shard_is_finished(
+    dataset_copy: Path, tiny_teachers: dict[str, Teacher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard's fsyncs and rename run on the writer thread: the next shard's forward pass starts
+    before the first shard is in place (finishing it on the forward loop left the GPU idle)."""
+    _without_clip_features(dataset_copy)
+    forwards: list[int] = []
+    next_shard_started = threading.Event()
+
+    def count(*_: object) -> None:
+        forwards.append(1)
+        if len(forwards) == 2:  # batch_size = PER_SHARD: the second forward pass is the second shard's
+            next_shard_started.set()
+
+    seen_at_first_finish: list[bool] = []
+    sync = distill.io.fsync_path
+
+    def gated(path: str | Path) -> None:  # atomic_path syncs the folder after renaming a shard in
+        if Path(path).name == "clip" and not seen_at_first_finish:
+            seen_at_first_finish.append(next_shard_started.wait(timeout=30))
+        sync(path)
+
+    monkeypatch.setattr(distill.io, "fsync_path", gated)
+    hook = tiny_teachers["clip"].register_forward_hook(count)
+    try:
+        report = run_extraction(
+            ExtractConfig(dataset_copy, CLIP_ONLY, batch_size=PER_SHARD, progress=False),
+            {"clip": tiny_teachers["clip"]},
+            DistContext(),
+        )
+    finally:
+        hook.remove()
+    assert seen_at_first_finish == [True], "the first shard was finished before the next shard's forward pass"
+    assert report.shards_written == len(_all_shards(dataset_copy))
+    _assert_one_entry_per_key(dataset_copy, ("clip",))
+
+
+def test_a_failed_write_leaves_only_complete_shards_and_a_rerun_finishes(
+    built: Built, dataset_copy: Path, tiny_teachers: dict[str, Teacher]
+) -> None:
+    """Non-finite features in the third shard fail the run on the writer thread: the error reaches the
+    caller naming the key, no temporary file or partial shard is left, and a rerun writes what is
+    missing."""
+    shards = _without_clip_features(dataset_copy)
+    forwards: list[int] = []
+
+    def poison(_: object, __: object, out: TeacherOutput) -> TeacherOutput | None:
+        forwards.append(1)
+        return TeacherOutput(out.patch * float("nan"), out.cls) if len(forwards) == 3 else None
+
+    bad_keys = list_keys(dataset_copy / "images" / shards[2])
+    hook = tiny_teachers["clip"].register_forward_hook(poison)
+    try:
+        with pytest.raises(ValueError, match=rf"non-finite patch features for key '{bad_keys[0]}'"):
+            run_extraction(
+                ExtractConfig(dataset_copy, CLIP_ONLY, batch_size=PER_SHARD, progress=False),
+                {"clip": tiny_teachers["clip"]},
+                DistContext(),
+            )
+    finally:
+        hook.remove()
+    present = [shard for shard in shards if (dataset_copy / "clip" / shard).exists()]
+    assert shards[:2] == present[:2] and shards[2] not in present
+    for shard in present:
+        assert list_keys(dataset_copy / "clip" / shard) == list_keys(dataset_copy / "images" / shard)
+    assert not list((dataset_copy / "clip").glob(".*.tmp"))
+    report = run_extraction(
+        ExtractConfig(dataset_copy, CLIP_ONLY, batch_size=PER_SHARD, progress=False),
+        {"clip": tiny_teachers["clip"]},
+        DistContext(),
+    )
+    assert report.shards_written == len(shards) - len(present)
+    _assert_one_entry_per_key(dataset_copy, ("clip",))
+    for shard in shards:  # the same features as the session's run
+        again, before = (
+            list(iter_shard(dataset_copy / "clip" / shard)),
+            list(iter_shard(built.dataset / "clip" / shard)),
+        )
+        assert [s.key for s in again] == [s.key for s in before]

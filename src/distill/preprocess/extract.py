@@ -21,8 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from distill import distributed as dist
-from distill.data.codec import STORAGE_DTYPES, StorageDtype, area_downsample, check_storage, encode_batch
+from distill.data.codec import STORAGE_DTYPES, StorageDtype, check_storage
 from distill.data.jpeg import decode_view
 from distill.data.manifest import (
     Manifest,
@@ -41,9 +40,9 @@ from distill.data.manifest import (
     update_manifest,
 )
 from distill.data.prefetch import prefetched
-from distill.data.shards import ShardError, ShardSink, iter_shard, list_keys, write_shard
-from distill.features import TeacherOutput
+from distill.data.shards import ShardError, iter_shard, list_keys
 from distill.preprocess.cli import setup_logging
+from distill.preprocess.feature_writer import FeatureWriter, OpenShard, ShardTask
 from distill.preprocess.video_targets import VideoTargets, check_video_dataset, video_teachers
 from distill.teachers.base import Teacher
 from distill.teachers.precision import (
@@ -304,60 +303,7 @@ def _decode(
     return [key for key, _ in pending], torch.stack(views)
 
 
-def _write_batch(
-    sinks: dict[str, ShardSink],
-    records: dict[str, TeacherRecord],
-    keys: list[str],
-    outputs: dict[str, TeacherOutput],
-    handoff: _Handoff | None,
-) -> None:
-    with torch.inference_mode(), _on_writer_stream(handoff, outputs):
-        for name, out in outputs.items():
-            record = records[name]
-            patch = area_downsample(out.patch, record.stored_grid)
-            blobs = encode_batch(keys, name, patch, out.cls, record.storage, record.outlier_tokens)
-            for key, blob in zip(keys, blobs, strict=True):
-                sinks[name].write(key, {f"{name}.safetensors": blob})
-
-
-@dataclass(frozen=True)
-class _Handoff:
-    """A batch's features passing to the writer thread on a GPU: the writer's own stream, and an event
-    recorded on the forward passes' stream once they made the batch's features.
-
-    The writer's checks and copies back to the host each wait for their stream. On the forward passes'
-    stream that meant every kernel queued before them, the next batch's forward passes too; the
-    forward loop, which waits for the writer two batches back, then found the GPU idle each time it
-    resumed. On its own stream, waiting for the event first, the writer waits for its batch alone.
-    """
-
-    stream: torch.cuda.Stream
-    made: torch.cuda.Event
-
-
-@contextmanager
-def _on_writer_stream(handoff: _Handoff | None, outputs: dict[str, TeacherOutput]) -> Iterator[None]:
-    if handoff is None:
-        yield
-        return
-    handoff.stream.wait_event(handoff.made)
-    for out in outputs.values():
-        for tensor in (out.patch, out.cls):
-            if tensor is not None and tensor.device == handoff.stream.device:
-                tensor.record_stream(handoff.stream)  # made on the forward stream, read on this one
-    with torch.cuda.stream(handoff.stream):
-        yield
-
-
-@dataclass(frozen=True)
-class _ShardTask:
-    shard: ShardInfo
-    pending: tuple[str, ...]  # teachers whose feature shard must be (re)written
-
-
-def _plan(
-    cfg: ExtractConfig, images: Path, shard: ShardInfo, records: dict[str, TeacherRecord]
-) -> _ShardTask:
+def _plan(cfg: ExtractConfig, images: Path, shard: ShardInfo, records: dict[str, TeacherRecord]) -> ShardTask:
     """Which teachers still need this shard. Image keys are listed only to verify an existing feature shard."""
     image_path = images / shard.name
     keys: list[str] | None = None
@@ -376,68 +322,12 @@ def _plan(
             if _is_complete(target, keys):
                 continue
         pending.append(name)
-    return _ShardTask(shard, tuple(pending))
-
-
-class _OpenShard:
-    """The feature shards being written for one image shard (one per pending teacher)."""
-
-    def __init__(self, cfg: ExtractConfig, images: Path, task: _ShardTask) -> None:
-        self.task, self.image_path = task, images / task.shard.name
-        self.stack = ExitStack()
-        self.sinks = {
-            name: self.stack.enter_context(write_shard(cfg.dataset / name / task.shard.name))
-            for name in task.pending
-        }
-        self.keys: list[str] = []
-        self.in_flight: list[Future[None]] = []
-
-    def submit(
-        self,
-        writer: ThreadPoolExecutor,
-        records: dict[str, TeacherRecord],
-        keys: list[str],
-        outputs: dict[str, TeacherOutput],
-        writer_stream: torch.cuda.Stream | None,
-    ) -> None:
-        self.keys += keys
-        while len(self.in_flight) >= 2:
-            self.in_flight.pop(0).result()
-        handoff = None
-        if writer_stream is not None:
-            made = torch.cuda.current_stream(writer_stream.device).record_event()
-            handoff = _Handoff(writer_stream, made)
-        self.in_flight.append(writer.submit(_write_batch, self.sinks, records, keys, outputs, handoff))
-
-    def finish(self) -> list[Path]:
-        """Wait for the writes, verify the keys, and rename the shards into place."""
-        for future in self.in_flight:
-            future.result()
-        if len(self.keys) != self.task.shard.count:
-            raise ShardError(
-                f"{self.image_path}: {len(self.keys)} samples but the manifest says {self.task.shard.count}; "
-                "rebuild the dataset with organize",
-                self.image_path,
-            )
-        for sink in self.sinks.values():
-            if sink.keys != self.keys:
-                raise ShardError(
-                    f"{sink.path}: wrote {len(sink.keys)} keys for {len(self.keys)} samples; rerun to redo it",
-                    sink.path,
-                )
-        self.stack.close()
-        return [sink.path for sink in self.sinks.values()]
-
-    def abort(self, exc: BaseException) -> None:
-        """Drop the unfinished shards (their temporary files go; nothing appears under a final name)."""
-        for future in self.in_flight:
-            future.exception()
-        self.stack.__exit__(type(exc), exc, exc.__traceback__)
+    return ShardTask(shard, tuple(pending))
 
 
 def _task_batches(
-    cfg: ExtractConfig, images: Path, size: int, tasks: list[_ShardTask], device: torch.device
-) -> Iterator[tuple[_ShardTask, list[str], torch.Tensor]]:
+    cfg: ExtractConfig, images: Path, size: int, tasks: list[ShardTask], device: torch.device
+) -> Iterator[tuple[ShardTask, list[str], torch.Tensor]]:
     """Decoded batches, page-locked on a GPU machine so the copy to the GPU can run asynchronously."""
     for task in tasks:
         for keys, batch in decode_batches(images / task.shard.name, size, cfg.batch_size, cfg.decode_threads):
@@ -448,51 +338,46 @@ def _run_tasks(
     cfg: ExtractConfig,
     manifest: Manifest,
     images: Path,
-    tasks: list[_ShardTask],
+    tasks: list[ShardTask],
     teachers: Mapping[str, Teacher],
     records: dict[str, TeacherRecord],
     report: ExtractReport,
     bar: tqdm,
 ) -> None:
-    """Decode (a thread, running ahead across shard boundaries) -> forward (here) -> encode and write (a thread)."""
-    current: _OpenShard | None = None
+    """Decode (a thread, running ahead across shard boundaries) -> forward (here) -> encode, write and
+    finish shards (a thread: :mod:`distill.preprocess.feature_writer`)."""
+    current: OpenShard | None = None
     video = {
         name: VideoTargets(cfg.dataset, manifest, teachers[name], cfg.precision, cfg.batch_size)
         for name in video_teachers(teachers)
     }
     device = next(iter(teachers.values())).device
-    writer_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    with ThreadPoolExecutor(1) as writer:
-        try:
-            for task, keys, decoded in prefetched(
-                functools.partial(_task_batches, cfg, images, manifest.canonical_size, tasks, device), depth=3
-            ):
-                # once per batch and without waiting: each teacher moving the batch itself would copy
-                # it five times, each copy from pageable memory stalling the host until the GPU's queue
-                # drains, so the kernels of the next teacher start late
-                reads_images = any(name not in video for name in task.pending)
-                batch = decoded.to(device, non_blocking=True) if reads_images else decoded
-                if current is None or current.task is not task:
-                    if current is not None:
-                        report.written += [str(p) for p in current.finish()]
-                        report.shards_written += 1
-                    current = _OpenShard(cfg, images, task)
-                outputs = {
-                    name: video[name].features(task.shard.name, keys)
-                    if name in video
-                    else run_teacher(teachers[name], batch, cfg.precision)
-                    for name in task.pending
-                }
-                current.submit(writer, records, keys, outputs, writer_stream)
-                report.samples += len(keys)
-                bar.update(len(keys))
-            if current is not None:
-                report.written += [str(p) for p in current.finish()]
-                report.shards_written += 1
-        except BaseException as exc:
-            if current is not None:
-                current.abort(exc)
-            raise
+    with FeatureWriter(records, device) as writer:
+        for task, keys, decoded in prefetched(
+            functools.partial(_task_batches, cfg, images, manifest.canonical_size, tasks, device), depth=3
+        ):
+            # once per batch and without waiting: each teacher moving the batch itself would copy
+            # it five times, each copy from pageable memory stalling the host until the GPU's queue
+            # drains, so the kernels of the next teacher start late
+            reads_images = any(name not in video for name in task.pending)
+            batch = decoded.to(device, non_blocking=True) if reads_images else decoded
+            if current is None or current.task is not task:
+                if current is not None:
+                    writer.finish(current)
+                current = writer.open(cfg.dataset, images, task)
+            outputs = {
+                name: video[name].features(task.shard.name, keys)
+                if name in video
+                else run_teacher(teachers[name], batch, cfg.precision)
+                for name in task.pending
+            }
+            writer.write(current, keys, outputs)
+            report.samples += len(keys)
+            bar.update(len(keys))
+        if current is not None:
+            writer.finish(current)
+    report.written += [str(path) for path in writer.written]
+    report.shards_written += writer.shards_written
 
 
 def parse_assignments(values: list[str], what: str) -> dict[str, str]:
