@@ -50,7 +50,7 @@ from distill.preprocess.extract import ExtractConfig, TeacherJob, decode_batches
 from distill.teachers import Teacher
 from distill.teachers.precision import run_teacher
 from distill.train.precision import autocast_factory
-from distill.train.trainer import check_finite, check_gradients
+from distill.train.trainer import check_step
 from extraction import measure
 from real_teachers import build_teachers
 from roofline import build_student, count_step, device_figures, random_inputs, summary
@@ -173,9 +173,8 @@ def make_step(
         with autocast():
             output = model(images)
         breakdown = distillation_loss(output, targets, images, loss_cfg, patch_loss)
-        check_finite(breakdown, 1, 0)
         breakdown.total.backward()
-        check_gradients(student, 1, 0, 1.0)
+        check_step(student, [breakdown], 1, 0, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -30,7 +30,7 @@ from distill.stats import LIVE_STORAGE, FeatureStats
 from distill.train.config import RunConfig, load_run_config
 from distill.train.rundir import plan_run
 from distill.train.setup import load_student_weights, prepare_inputs
-from distill.train.trainer import NonFiniteGradientError, Trainer, train
+from distill.train.trainer import NonFiniteGradientError, NonFiniteLossError, Trainer, train
 from distill.train.typed import ConfigError
 
 
@@ -97,6 +97,36 @@ def test_an_infinite_gradient_stops_the_run_before_the_step(
     )
     checkpoints = sorted(p.name for p in (tmp_path / "inf-grad" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000001"]
+
+
+def test_a_non_finite_loss_in_a_later_micro_batch_stops_the_step_naming_the_teacher(
+    tiny_data: TinyData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss is checked with the gradients, after the step's backward passes (one read-back per
+    step): NaN targets in the second micro-batch of step 2 still stop the run with the loss's message
+    (not the gradients' it also broke), before the optimiser steps."""
+    seen: dict[str, Any] = {"calls": 0}
+    original = Trainer.targets
+
+    def poisoned(self: Trainer, batch: Any, images: torch.Tensor) -> Any:
+        targets = original(self, batch, images)
+        seen["calls"] += 1
+        seen["trainer"] = self
+        if seen["calls"] == 4:  # step 2, micro-batch 2
+            dinov2 = targets["dinov2"]
+            targets["dinov2"] = type(dinov2)(dinov2.patch * float("nan"), dinov2.cls)
+        return targets
+
+    monkeypatch.setattr(Trainer, "targets", poisoned)
+    cfg, resolved = in_process(small_run(tiny_data, tmp_path, "nan-accum", "training.grad_accum=2"))
+    with pytest.raises(NonFiniteLossError) as caught:
+        train(cfg, resolved)
+    assert str(caught.value).startswith(
+        "non-finite loss at step 2 on rank 0: teacher(s) dinov2 (dinov2/total=nan)"
+    )
+    trainer: Trainer = seen["trainer"]
+    assert trainer.step == 1 and seen["calls"] == 4
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.student.parameters())
 
 
 def test_a_failed_run_leaves_no_loader_worker_behind(

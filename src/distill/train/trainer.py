@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -59,9 +60,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the teachers responsible."""
 
 
-def check_finite(breakdown: LossBreakdown, step: int, rank: int) -> None:
-    if bool(torch.isfinite(breakdown.total)):
-        return
+def _raise_nonfinite_loss(breakdown: LossBreakdown, step: int, rank: int) -> NoReturn:
     culprits = breakdown.nonfinite()
     teachers = sorted({name.split("/")[0] for name in culprits})
     values = ", ".join(f"{name}={float(breakdown.terms[name])}" for name in culprits)
@@ -85,20 +84,34 @@ def _describe(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_gradients(model: nn.Module, step: int, rank: int, max_norm: float) -> float:
-    """The global gradient norm (before clipping); clips to ``max_norm`` when it is > 0.
+def check_step(
+    model: nn.Module, losses: Sequence[LossBreakdown], step: int, rank: int, max_norm: float
+) -> float:
+    """After the backward passes of one optimiser step: every micro-batch's loss finite, then the global
+    gradient norm (before clipping), clipped to ``max_norm`` when it is > 0; returns the norm.
 
-    A non-finite norm stops the run *before* the optimiser steps (so no NaN reaches the weights,
-    the EMA or a checkpoint), naming the step and every parameter whose gradient is not finite.
-    Under DDP the gradients are already averaged, so every rank stops at the same step.
+    A non-finite loss or norm stops the run *before* the optimiser steps (so no NaN reaches the weights,
+    the EMA or a checkpoint), naming the step and the teachers or every parameter responsible. Both are
+    read back from the device together, once per step: a read-back after the forward pass as well kept
+    the host from launching the backward pass while the GPU still ran the forward (the backward of a
+    non-finite loss is wasted, once). Under DDP the gradients are averaged first, so a non-finite loss on
+    one rank stops every rank at the same step (its own with the loss's message).
     """
+    loss_finite = torch.stack([torch.isfinite(loss.total.detach()) for loss in losses]).all()
     named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
-    if not named:
-        return 0.0
     grads = [g for _, g in named]
-    norms = torch._foreach_norm(grads, 2.0)
-    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
-    if not bool(torch.isfinite(total)):
+    norms = torch._foreach_norm(grads, 2.0) if grads else []
+    total = (
+        torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+        if norms
+        else torch.zeros((), device=loss_finite.device)
+    )
+    loss_ok, norm = torch.stack([loss_finite.to(total.device, torch.float32), total]).tolist()
+    if not loss_ok:
+        _raise_nonfinite_loss(
+            next(loss for loss in losses if not bool(torch.isfinite(loss.total))), step, rank
+        )
+    if not math.isfinite(norm):
         finite = torch.isfinite(torch.stack([n.float() for n in norms])).tolist()
         culprits = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
         raise NonFiniteGradientError(
@@ -108,10 +121,10 @@ def check_gradients(model: nn.Module, step: int, rank: int, max_norm: float) -> 
             "(it cannot clip an infinite norm), use precision=fp32 to rule out bf16 overflow, or resume from "
             "the last checkpoint"
         )
-    if max_norm > 0:
+    if max_norm > 0 and grads:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, coef.to(grads[0].device))
-    return float(total)
+    return norm
 
 
 @dataclass
@@ -343,7 +356,6 @@ class Trainer:
             breakdown = distillation_loss(
                 output, targets, images, self.loss_cfg.at_step(self.step), self.patch_loss
             )
-            check_finite(breakdown, step, self.ctx.rank)
             (breakdown.total / self.cfg.training.grad_accum).backward()
         quantizer = self.student.quantizer
         if output.codes is None or quantizer is None:
@@ -355,9 +367,14 @@ class Trainer:
         """``grad_accum`` micro-batches, clip, step, EMA; returns (lr used, grad norm before clipping)."""
         training = self.cfg.training
         lr = self.schedule.apply(self.optimizer, self.step)
+        losses = []
         for micro in range(training.grad_accum):
-            window.add(*self._micro_step(next(stream), self.step + 1, sync=micro == training.grad_accum - 1))
-        norm = check_gradients(self.student, self.step + 1, self.ctx.rank, training.grad_clip)
+            breakdown, codes = self._micro_step(
+                next(stream), self.step + 1, sync=micro == training.grad_accum - 1
+            )
+            window.add(breakdown, codes)
+            losses.append(breakdown)
+        norm = check_step(self.student, losses, self.step + 1, self.ctx.rank, training.grad_clip)
         grad_norm = norm if training.grad_clip > 0 else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
