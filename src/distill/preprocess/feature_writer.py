@@ -11,6 +11,7 @@ benchmark's 16 images) that was a stall every batch or two. The loop waits only 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,8 @@ from distill.data.codec import area_downsample, encode_batch
 from distill.data.manifest import ShardInfo, TeacherRecord
 from distill.data.shards import ShardError, write_shard
 from distill.features import TeacherOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class OpenShard:
     def finish(self) -> list[Path]:
         """Verify the keys and rename the shards into place (after this shard's writes, which must
         all have succeeded)."""
-        for future in self.writes:
+        for future in self.writes:  # done: the writer's one thread ran them before this job
             future.result()
         if len(self.keys) != self.task.shard.count:
             raise ShardError(
@@ -190,5 +193,10 @@ class FeatureWriter:
         temporary files (a shard already renamed into place is complete and stays)."""
         self.executor.shutdown(wait=True, cancel_futures=True)
         for shard in self.unfinished:
-            shard.abort(exc)
+            try:
+                shard.abort(exc)
+            except Exception as error:  # the rest still go; the run's own error is the one raised
+                log.warning(
+                    "could not remove the unfinished feature shards of %s: %s", shard.image_path, error
+                )
         self.unfinished.clear()

@@ -93,9 +93,10 @@ def check_step(
     A non-finite loss or norm stops the run *before* the optimiser steps (so no NaN reaches the weights,
     the EMA or a checkpoint), naming the step and the teachers or every parameter responsible. Both are
     read back from the device together, once per step: a read-back after the forward pass as well kept
-    the host from launching the backward pass while the GPU still ran the forward (the backward of a
-    non-finite loss is wasted, once). Under DDP the gradients are averaged first, so a non-finite loss on
-    one rank stops every rank at the same step (its own with the loss's message).
+    the host from launching the backward pass while the GPU still ran the forward (on the step that fails,
+    up to ``grad_accum`` forward and backward passes are wasted). Under DDP the gradients are averaged
+    first, so a NaN or infinite loss on one rank normally stops every rank at the same step (its own with
+    the loss's message, the others with the gradients').
     """
     loss_finite = torch.stack([torch.isfinite(loss.total.detach()) for loss in losses]).all()
     named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
@@ -117,9 +118,10 @@ def check_step(
         raise NonFiniteGradientError(
             f"non-finite gradient at step {step} on rank {rank} (the loss was finite): "
             f"{len(culprits)} parameter(s) would have gone non-finite: {_describe(culprits)}; the weights "
-            "were not updated and no checkpoint was written. Lower training.lr, keep training.grad_clip > 0 "
-            "(it cannot clip an infinite norm), use precision=fp32 to rule out bf16 overflow, or resume from "
-            "the last checkpoint"
+            "were not updated and no checkpoint was written. Under DDP, first look for a non-finite loss in "
+            "the other ranks' logs (it makes every rank's averaged gradients non-finite); else lower "
+            "training.lr, keep training.grad_clip > 0 (it cannot clip an infinite norm), use precision=fp32 "
+            "to rule out bf16 overflow, or resume from the last checkpoint"
         )
     if max_norm > 0 and grads:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
