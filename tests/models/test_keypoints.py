@@ -125,7 +125,7 @@ def test_a_sprite_is_a_gaussian_disc_of_its_colour_at_its_point_against_numpy() 
     footprint = np.exp(
         -0.5 * ((((xs + 0.5) / 16 - point[0]) / radius) ** 2 + (((ys + 0.5) / 12 - point[1]) / radius) ** 2)
     )
-    alpha = float(torch.sigmoid(sprites.opacity_logit[0])) * footprint
+    alpha = float(torch.sigmoid(sprites.opacity_logit[0].detach())) * footprint
     colour = sprites.colour[0].detach().numpy()[:, None, None]
     np.testing.assert_allclose(got, pixels[0].numpy() * (1 - alpha) + colour * alpha, rtol=1e-10)
 
