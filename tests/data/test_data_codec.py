@@ -175,12 +175,12 @@ def test_int8_with_planted_outlier_tokens() -> None:
 
 
 def test_outlier_tokens_blob_and_both_decoding_paths() -> None:
-    """The stored layout, and the loader's fused dequantise + normalise (``PackedTargets.finish``)
+    """The stored layout, and the loader's dequantise + normalise (``finish_targets``, one sample a part)
     equals dequantising each sample (what stats and check read) then normalising."""
     from safetensors.torch import load
 
     from distill.data.codec import parse_sample
-    from distill.data.dataset import Normalization, PackedTargets
+    from distill.data.dataset import Normalization, PackedTargets, finish_targets
     from distill.features import TeacherOutput
     from distill.stats import FeatureStats
 
@@ -198,18 +198,15 @@ def test_outlier_tokens_blob_and_both_decoding_paths() -> None:
     stored = [parse_sample(b, "x") for b in blobs]
     assert all(s.outlier_tokens == 2 for s in stored)
     stats = FeatureStats("dinov2", torch.randn(8), torch.rand(8) + 0.5, None, None, 1)
-    packed = PackedTargets(
-        torch.stack([s.patch for s in stored]),
-        torch.stack([s.scale for s in stored]),  # type: ignore[misc]
-        None,
-        torch.stack([s.outlier_index for s in stored]),  # type: ignore[misc]
-        torch.stack([s.outlier_patch for s in stored]),  # type: ignore[misc]
-    )
+    parts = [
+        PackedTargets(s.patch[None], s.scale[None], None, s.outlier_index[None], s.outlier_patch[None])  # type: ignore[index]
+        for s in stored
+    ]
     each = torch.stack([s.dequantize().patch for s in stored])
 
     def finished(norm: Normalization | None) -> torch.Tensor:
         out = TeacherOutput(torch.full((3, 4, 4, 8), torch.nan), None)
-        packed.finish(norm, out)
+        finish_targets(parts, norm, out)
         return out.patch
 
     torch.testing.assert_close(finished(None), each)
