@@ -18,6 +18,7 @@ import pytest
 import torch
 from data_helpers import FIVE, Built, loader_config
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from distill.data.codec import decode_sample, parse_sample
 from distill.data.dataset import Batch, DatasetView, DecodedSample, concat_batches, open_view
@@ -313,11 +314,12 @@ def test_too_little_shared_memory_is_refused_before_a_worker_dies_of_it(tmp_path
     check_shared_memory(2**60, tmp_path / "absent")  # no such folder: not a tmpfs platform, nothing to check
 
 
-def test_parts_finish_into_their_rows_of_one_batch(built: Built) -> None:
-    """A batch's per-stream parts are dequantised straight into their rows: each teacher's features
-    as the codec dequantises them, normalised by its stats, in new tensors (none over a part's
-    reusable buffer). Parts may store the CLS in different dtypes; parts whose shapes or row
-    counts disagree are refused (an ``out=`` slice of the wrong size would be resized, not refused)."""
+def test_parts_are_joined_as_they_are_finished(built: Built) -> None:
+    """A batch's per-stream parts are joined as they are dequantised: each teacher's features as the
+    codec dequantises them, normalised by its stats, in new tensors (none over a part's reusable
+    buffer), with as many kernels for 5 parts as for 2 (the loader's prefetch thread launches them
+    beside the training step). Parts may store the CLS in different dtypes; parts whose shapes or
+    row counts disagree are refused (an ``out=`` of the wrong size would be resized, not refused)."""
     from distill.data.dataset import PackedBatch, finish_parts
     from distill.data.join import iter_joined
 
@@ -342,8 +344,25 @@ def test_parts_finish_into_their_rows_of_one_batch(built: Built) -> None:
     assert whole.images.data_ptr() not in owned and all(
         out.patch.data_ptr() not in owned for out in whole.targets.values()
     )
+    singles = [view.pack(samples[i : i + 1]) for i in range(5)]
+    kernels = [_kernels(lambda n=n: finish_parts(singles[:n], view.stats, "cpu")) for n in (2, 5)]  # type: ignore[misc]
+    assert kernels[0] == kernels[1], f"finishing launches per part: {kernels} kernels for 2 and 5 parts"
     sam = parts[1].targets["sam"]
     for bad in (replace(sam, patch=sam.patch[:, :1]), replace(sam, patch=torch.cat([sam.patch, sam.patch]))):
         broken = PackedBatch(parts[1].keys, parts[1].images, {**parts[1].targets, "sam": bad})
         with pytest.raises(ValueError, match=r"batch parts disagree: keys \['.+'\]\.\.\. \(1 keys"):
             finish_parts([parts[0], broken], view.stats, "cpu")
+
+
+def _kernels(work: Callable[[], object]) -> int:
+    """How many operations that are not views ``work`` dispatches."""
+    count = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            count[0] += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        work()
+    return count[0]
