@@ -317,8 +317,8 @@ def test_too_little_shared_memory_is_refused_before_a_worker_dies_of_it(tmp_path
 def test_parts_are_joined_as_they_are_finished(built: Built) -> None:
     """A batch's per-stream parts are joined as they are dequantised: each teacher's features as the
     codec dequantises them, normalised by its stats, in new tensors (none over a part's reusable
-    buffer), with as many kernels for 5 parts as for 2 (the loader's prefetch thread launches them
-    beside the training step). Parts may store the CLS in different dtypes; parts whose shapes or
+    buffer), with as many operations called for 5 parts as for 2 (the loader's prefetch thread calls
+    them beside the training step). Parts may store the CLS in different dtypes; parts whose shapes or
     row counts disagree are refused (an ``out=`` of the wrong size would be resized, not refused)."""
     from distill.data.dataset import PackedBatch, finish_parts
     from distill.data.join import iter_joined
@@ -340,13 +340,15 @@ def test_parts_are_joined_as_they_are_finished(built: Built) -> None:
         if raw[0].cls is not None:
             cls = (torch.stack([r.cls for r in raw]) - stats.cls_mean) / stats.cls_std  # type: ignore[misc,operator]
             torch.testing.assert_close(whole.targets[name].cls, cls)
-    owned = [t.data_ptr() for part in parts for t in part.tensors() if t is not None]
-    assert whole.images.data_ptr() not in owned and all(
-        out.patch.data_ptr() not in owned for out in whole.targets.values()
-    )
+    owned = {t.untyped_storage().data_ptr() for part in parts for t in part.tensors() if t is not None}
+    served = [
+        whole.images,
+        *(t for out in whole.targets.values() for t in (out.patch, out.cls) if t is not None),
+    ]
+    assert not owned & {t.untyped_storage().data_ptr() for t in served}
     singles = [view.pack(samples[i : i + 1]) for i in range(5)]
-    kernels = [_kernels(lambda n=n: finish_parts(singles[:n], view.stats, "cpu")) for n in (2, 5)]  # type: ignore[misc]
-    assert kernels[0] == kernels[1], f"finishing launches per part: {kernels} kernels for 2 and 5 parts"
+    calls = [_operations(lambda n=n: finish_parts(singles[:n], view.stats, "cpu")) for n in (2, 5)]  # type: ignore[misc]
+    assert calls[0] == calls[1], f"finishing calls operations per part: {calls} for 2 and 5 parts"
     sam = parts[1].targets["sam"]
     for bad in (replace(sam, patch=sam.patch[:, :1]), replace(sam, patch=torch.cat([sam.patch, sam.patch]))):
         broken = PackedBatch(parts[1].keys, parts[1].images, {**parts[1].targets, "sam": bad})
@@ -354,7 +356,7 @@ def test_parts_are_joined_as_they_are_finished(built: Built) -> None:
             finish_parts([parts[0], broken], view.stats, "cpu")
 
 
-def _kernels(work: Callable[[], object]) -> int:
+def _operations(work: Callable[[], object]) -> int:
     """How many operations that are not views ``work`` dispatches."""
     count = [0]
 
