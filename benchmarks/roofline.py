@@ -212,30 +212,31 @@ def summary(
         "optimizer + clipping", "fused AdamW, foreach clip", 0.0, OPTIMIZER_BYTES_PER_PARAMETER * parameters
     )
     ops = [*ops, optimizer]
+    # per part: FLOPs, bytes, floor seconds, memory-bound seconds; per (part, operator): seconds, bytes, calls
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    by_op: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for op in ops:
-        row = parts[op.part]
         seconds = op.seconds(peak, bandwidth)
+        memory_bound = op.bytes / bandwidth > op.flops / peak
+        row = parts[op.part]
         row[0] += op.flops
         row[1] += op.bytes
         row[2] += seconds
-        row[3] += seconds if op.bytes / bandwidth > op.flops / peak else 0.0
-    floor = sum(row[2] for row in parts.values())
-    memory_bound = sum(row[3] for row in parts.values())
-    flops = sum(op.flops for op in ops)
-    by_op: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for op in ops:
+        row[3] += seconds if memory_bound else 0.0
         row = by_op[(op.part, op.op)]
-        row[0] += op.seconds(peak, bandwidth)
+        row[0] += seconds
         row[1] += op.bytes
         row[2] += 1
+    floor = sum(row[2] for row in parts.values())
+    memory_bound_floor = sum(row[3] for row in parts.values())
+    flops = sum(op.flops for op in ops)
     return {
         "tflops_per_step": round(flops / 1e12, 3),
         "gb_moved_per_step": round(sum(op.bytes for op in ops) / 1e9, 1),
         "kernels_per_step": len(ops),
         "floor_ms": round(floor * 1e3, 2),
         "compute_only_ms": round(flops / peak * 1e3, 2),
-        "memory_bound_share_of_floor": round(memory_bound / floor, 3),
+        "memory_bound_share_of_floor": round(memory_bound_floor / floor, 3),
         "eager_mfu_ceiling": round(flops / (floor * peak), 3),
         "parts": {
             part: {

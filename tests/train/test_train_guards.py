@@ -75,10 +75,10 @@ def test_an_infinite_gradient_stops_the_run_before_the_step(
     seen: dict[str, Any] = {}
     original = Trainer._micro_step
 
-    def poisoned(self: Trainer, batch: Any, step: int, sync: bool) -> Any:
-        breakdown = original(self, batch, step, sync)
+    def poisoned(self: Trainer, batch: Any, sync: bool) -> Any:
+        breakdown = original(self, batch, sync)
         seen["trainer"] = self
-        if step == 2:
+        if self.step + 1 == 2:  # the step being taken
             self.student.heads["mae"].spatial.out.bias.grad[0] = float("inf")
         return breakdown
 
@@ -141,10 +141,10 @@ def test_a_failed_run_leaves_no_loader_worker_behind(
     while the error is still held (its traceback keeps the trainer's frames, and the stream, alive)."""
     original = Trainer._micro_step
 
-    def failing(self: Trainer, batch: Any, step: int, sync: bool) -> Any:
-        if step == 2:
+    def failing(self: Trainer, batch: Any, sync: bool) -> Any:
+        if self.step + 1 == 2:  # the step being taken
             raise RuntimeError("planted failure at step 2")
-        return original(self, batch, step, sync)
+        return original(self, batch, sync)
 
     monkeypatch.setattr(Trainer, "_micro_step", failing)
     run = [o for o in small_run(tiny_data, tmp_path, "fails") if o != "dataset.num_workers=0"]

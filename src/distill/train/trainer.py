@@ -346,7 +346,7 @@ class Trainer:
             targets |= self.online(images)
         return targets
 
-    def _micro_step(self, batch: Batch, step: int, sync: bool) -> tuple[LossBreakdown, torch.Tensor | None]:
+    def _micro_step(self, batch: Batch, sync: bool) -> tuple[LossBreakdown, torch.Tensor | None]:
         """Forward and backward of one micro-batch: its loss terms and histogram of codes (with a quantiser)."""
         images = batch.images.to(self.ctx.device, non_blocking=True)
         targets = self.targets(batch, images)
@@ -371,9 +371,7 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         losses = []
         for micro in range(training.grad_accum):
-            breakdown, codes = self._micro_step(
-                next(stream), self.step + 1, sync=micro == training.grad_accum - 1
-            )
+            breakdown, codes = self._micro_step(next(stream), sync=micro == training.grad_accum - 1)
             window.add(breakdown, codes)
             losses.append(breakdown)
         norm = check_step(self.student, losses, self.step + 1, self.ctx.rank, training.grad_clip)
